@@ -1,0 +1,6 @@
+"""Callbacks: image grids, config stored in checkpoints."""
+
+from genmodels.callbacks.config_in_checkpoint import ConfigInCheckpoint
+from genmodels.callbacks.image_grids import ImageGrids
+
+__all__ = ["ConfigInCheckpoint", "ImageGrids"]

@@ -1,0 +1,73 @@
+"""Image grids of samples and reconstructions, logged every validation epoch."""
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torchvision.utils import make_grid, save_image
+
+
+class ImageGrids(L.Callback):
+    """Logs, at the end of every `every_n_epochs`-th validation epoch:
+
+    - `samples`: `model.sample` on a fixed noise batch (the same seed every epoch, so the
+      grids show how the same codings evolve);
+    - `reconstructions` (models with `reconstruct`): rows of inputs over their
+      reconstructions, for a fixed set of validation images.
+
+    Grids go to TensorBoard (when it is a logger) and, with `save_dir`, to PNG files.
+    Sampling runs on rank zero only, in eval mode, and calls no collective, so it cannot
+    stall the other DDP ranks.
+    """
+
+    def __init__(self, num_samples: int = 64, num_reconstructions: int = 32,
+                 every_n_epochs: int = 1, seed: int = 0, save_dir: str | None = None):
+        self.num_samples, self.num_reconstructions = num_samples, num_reconstructions
+        self.every_n_epochs, self.seed = every_n_epochs, seed
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.val_images: torch.Tensor | None = None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0):
+        if self.val_images is None or len(self.val_images) < self.num_reconstructions:
+            images = batch[0][: self.num_reconstructions].detach()
+            self.val_images = (images if self.val_images is None
+                               else torch.cat([self.val_images, images])[: self.num_reconstructions])
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        grids = {}
+        if self.num_samples:
+            generator = torch.Generator().manual_seed(self.seed)
+            grids["samples"] = pl_module.sample(self.num_samples, generator=generator)
+        if self.num_reconstructions and hasattr(pl_module, "reconstruct"):
+            x = self.val_images.to(pl_module.device)
+            pairs = torch.stack([x, pl_module.reconstruct(x)], dim=1)  # input over output
+            grids["reconstructions"] = interleave_rows(pairs, row_length=8)
+        pl_module.train(was_training)
+        for name, images in grids.items():
+            self.log_grid(trainer, name, pl_module.to_unit_range(images))
+
+    def log_grid(self, trainer, name: str, images: torch.Tensor) -> None:
+        grid = make_grid(images.cpu(), nrow=8, padding=2, pad_value=1.0)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(name, grid, global_step=trainer.current_epoch)
+        if self.save_dir:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            save_image(grid, self.save_dir / f"{name}_epoch{trainer.current_epoch:04d}.png")
+
+
+def interleave_rows(pairs: torch.Tensor, row_length: int) -> torch.Tensor:
+    """(N, 2, C, H, W) input/output pairs -> images ordered so that a grid with
+    `row_length` columns shows a row of inputs above the row of their outputs."""
+    n = len(pairs) - len(pairs) % row_length or len(pairs)
+    rows = pairs[:n].unflatten(0, (-1, min(row_length, n)))  # (rows, cols, 2, C, H, W)
+    return rows.transpose(1, 2).flatten(0, 2)

@@ -1,0 +1,82 @@
+"""Autoencoders: x -> encoder -> codings -> decoder -> reconstruction of x."""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genmodels.errors import GenmodelsError
+from genmodels.models.base import GenerativeModel, flat_output_width
+from genmodels.nn.layers import make_activation
+
+LOSSES = ("bce", "mse")
+
+
+class AutoEncoder(GenerativeModel):
+    """Learns codings by reconstructing its input through a bottleneck.
+
+    loss="bce": binary cross-entropy per pixel (inputs in [0, 1], sigmoid output, computed
+    from logits); loss="mse": mean squared error on the `output_activation` output.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, codings_dim: int,
+                 optimizer: Callable, channels: int, image_size: int, value_range: list[float],
+                 loss: str = "bce", output_activation: str | None = "sigmoid",
+                 scheduler: Callable | None = None):
+        super().__init__(channels, image_size, value_range, optimizer, scheduler)
+        if loss not in LOSSES:
+            raise GenmodelsError(f"Unknown autoencoder loss {loss!r}; valid choices: {LOSSES}.")
+        if loss == "bce" and (output_activation != "sigmoid" or self.value_range != (0.0, 1.0)):
+            raise GenmodelsError(
+                "loss=bce needs output_activation=sigmoid and value_range=[0, 1], got "
+                f"output_activation={output_activation!r}, value_range={list(value_range)}."
+            )
+        self.encoder, self.decoder = encoder, decoder
+        self.loss_name = loss
+        self.output_activation = make_activation(output_activation)
+        if (width := flat_output_width(encoder, self.image_shape)) != codings_dim:
+            raise GenmodelsError(f"The encoder outputs {width} codings, but codings_dim={codings_dim}.")
+        # Per-dimension range of the training codings seen in the last epoch: `sample`
+        # draws uniformly inside it, the only prior a plain autoencoder has.
+        self.register_buffer("codings_low", torch.full((codings_dim,), -1.0))
+        self.register_buffer("codings_high", torch.full((codings_dim,), 1.0))
+        self._epoch_low = self._epoch_high = None
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x).flatten(1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.output_activation(self.decoder(z))
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        u = torch.rand(n, self.codings_low.numel(), generator=generator).to(self.device)
+        return self.decode(self.codings_low + u * (self.codings_high - self.codings_low))
+
+    def reconstruction_loss(self, x: torch.Tensor, codings: torch.Tensor) -> torch.Tensor:
+        logits = self.decoder(codings)
+        if self.loss_name == "bce":
+            return F.binary_cross_entropy_with_logits(logits.float(), x.float())
+        return F.mse_loss(self.output_activation(logits).float(), x.float())
+
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        x, _ = batch
+        codings = self.encode(x)
+        if self.training:
+            self._track_codings_range(codings.detach())
+        return {"loss": self.reconstruction_loss(x, codings)}
+
+    def _track_codings_range(self, codings: torch.Tensor) -> None:
+        low, high = codings.float().amin(0), codings.float().amax(0)
+        if self._epoch_low is not None:
+            low, high = torch.minimum(low, self._epoch_low), torch.maximum(high, self._epoch_high)
+        self._epoch_low, self._epoch_high = low, high
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_low is not None:
+            self.codings_low.copy_(self._epoch_low)
+            self.codings_high.copy_(self._epoch_high)
+            self._epoch_low = self._epoch_high = None

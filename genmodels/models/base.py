@@ -1,0 +1,91 @@
+"""What every model offers to callbacks and tools, whatever its family."""
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+
+from genmodels.errors import GenmodelsError
+
+VALUE_RANGES = ([0.0, 1.0], [-1.0, 1.0])
+
+
+class GenerativeModel(L.LightningModule):
+    """Base of every model family.
+
+    The common interface: `sample(n)` returns n images in the model's `value_range`, and
+    models that have them add `encode(x)`, `decode(z)` and `reconstruct(x)`. Callbacks and
+    tools rely on nothing else.
+    """
+
+    progress_bar_metrics = ("loss",)
+
+    def __init__(self, channels: int, image_size: int, value_range: list[float],
+                 optimizer: Callable | None = None, scheduler: Callable | None = None):
+        super().__init__()
+        if list(value_range) not in VALUE_RANGES:
+            raise GenmodelsError(
+                f"value_range must be one of {VALUE_RANGES}, got {list(value_range)}."
+            )
+        self.image_shape = (channels, image_size, image_size)
+        self.value_range = tuple(value_range)
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        """The objective ("loss") and its named terms for one batch.
+
+        Training, validation and test log the same terms, so their curves compare.
+        """
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        losses = self.losses(batch)
+        self._log_losses(losses, "train", batch_size=len(batch[0]))
+        return losses["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        self._log_losses(self.losses(batch), "val", batch_size=len(batch[0]))
+
+    def test_step(self, batch, batch_idx):
+        self._log_losses(self.losses(batch), "test", batch_size=len(batch[0]))
+
+    def _log_losses(self, losses: dict[str, torch.Tensor], stage: str, batch_size: int) -> None:
+        training = stage == "train"
+        for name, value in losses.items():
+            # Per-step syncing across DDP ranks would cost a collective every step, so
+            # training logs are per rank; epoch-level evaluation logs are averaged.
+            self.log(f"{stage}/{name}", value, prog_bar=name in self.progress_bar_metrics, on_step=training,
+                     on_epoch=True, sync_dist=not training, batch_size=batch_size)
+
+    def configure_optimizers(self):
+        """The optimizer (and optional LR scheduler) from the config's Hydra partials."""
+        if self.optimizer_factory is None:
+            raise GenmodelsError("The model config has no `optimizer` (a `_partial_` torch.optim entry).")
+        optimizer = self.optimizer_factory(self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def to_unit_range(self, images: torch.Tensor) -> torch.Tensor:
+        """Map images from the model's value range to [0, 1], for display."""
+        low, high = self.value_range
+        return ((images.float() - low) / (high - low)).clamp(0, 1)
+
+    def randn(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal noise on the model's device; seeded through a CPU generator."""
+        if generator is None:
+            return torch.randn(*shape, device=self.device)
+        return torch.randn(*shape, generator=generator).to(self.device)
+
+
+def flat_output_width(module: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Number of features `module` outputs per example, found by a dry run on zeros."""
+    was_training = module.training
+    module.eval()  # batch norm in train mode would update its statistics
+    with torch.no_grad():
+        width = module(torch.zeros(2, *input_shape)).flatten(1).shape[1]
+    module.train(was_training)
+    return width
