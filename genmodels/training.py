@@ -4,6 +4,7 @@ import logging
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,8 +42,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                     strategy=choose_strategy(cfg.trainer.get("strategy", "auto"), model))
-    for logger in loggers:
-        logger.log_hyperparams(config)
     save_config(config, output_dir)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -50,6 +49,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
+    final = {f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            # With final metrics, TensorBoard's HPARAMS view can rank the runs of a sweep.
+            logger.log_hyperparams(config, metrics=final)
+        else:
+            logger.log_hyperparams(config)
     report(metrics, output_dir, loggers)
     return metrics
 

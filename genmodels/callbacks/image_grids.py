@@ -30,10 +30,11 @@ class ImageGrids(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                                 dataloader_idx=0):
-        if self.val_images is None or len(self.val_images) < self.num_reconstructions:
-            images = batch[0][: self.num_reconstructions].detach()
-            self.val_images = (images if self.val_images is None
-                               else torch.cat([self.val_images, images])[: self.num_reconstructions])
+        if self.val_images is None:
+            self.val_images = batch[0][: self.num_reconstructions].detach()
+        elif len(self.val_images) < self.num_reconstructions:
+            images = torch.cat([self.val_images, batch[0].detach()])
+            self.val_images = images[: self.num_reconstructions]
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer, pl_module):

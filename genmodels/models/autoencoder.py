@@ -36,7 +36,9 @@ class AutoEncoder(GenerativeModel):
         self.loss_name = loss
         self.output_activation = make_activation(output_activation)
         if (width := flat_output_width(encoder, self.image_shape)) != codings_dim:
-            raise GenmodelsError(f"The encoder outputs {width} codings, but codings_dim={codings_dim}.")
+            raise GenmodelsError(
+                f"The encoder outputs {width} codings, but codings_dim={codings_dim}."
+            )
         # Per-dimension range of the training codings seen in the last epoch: `sample`
         # draws uniformly inside it, the only prior a plain autoencoder has.
         self.register_buffer("codings_low", torch.full((codings_dim,), -1.0))

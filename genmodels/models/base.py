@@ -57,13 +57,16 @@ class GenerativeModel(L.LightningModule):
         for name, value in losses.items():
             # Per-step syncing across DDP ranks would cost a collective every step, so
             # training logs are per rank; epoch-level evaluation logs are averaged.
-            self.log(f"{stage}/{name}", value, prog_bar=name in self.progress_bar_metrics, on_step=training,
-                     on_epoch=True, sync_dist=not training, batch_size=batch_size)
+            self.log(f"{stage}/{name}", value, prog_bar=name in self.progress_bar_metrics,
+                     on_step=training, on_epoch=True, sync_dist=not training,
+                     batch_size=batch_size)
 
     def configure_optimizers(self):
         """The optimizer (and optional LR scheduler) from the config's Hydra partials."""
         if self.optimizer_factory is None:
-            raise GenmodelsError("The model config has no `optimizer` (a `_partial_` torch.optim entry).")
+            raise GenmodelsError(
+                "The model config has no `optimizer` (a `_partial_` torch.optim entry)."
+            )
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer

@@ -30,7 +30,9 @@ class VAE(GenerativeModel):
                  scheduler: Callable | None = None):
         super().__init__(channels, image_size, value_range, optimizer, scheduler)
         if likelihood not in LIKELIHOODS:
-            raise GenmodelsError(f"Unknown likelihood {likelihood!r}; valid choices: {LIKELIHOODS}.")
+            raise GenmodelsError(
+                f"Unknown likelihood {likelihood!r}; valid choices: {LIKELIHOODS}."
+            )
         if likelihood == "bernoulli" and self.value_range != (0.0, 1.0):
             raise GenmodelsError(
                 f"likelihood=bernoulli needs value_range=[0, 1], got {list(value_range)}."

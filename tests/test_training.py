@@ -1,0 +1,185 @@
+"""Real (tiny) trainings through the whole framework: config -> data -> model -> logs."""
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genmodels.errors import GenmodelsError
+from genmodels.runs import load_model
+from genmodels.training import train
+
+from .conftest import FAST, run_train
+
+MODELS = ["ae", "vae", "dcgan"]
+MAIN_LOSS = {"ae": "train/loss_step", "vae": "train/loss_step", "dcgan": "train/d_loss_step"}
+
+
+def read_metrics(output_dir: Path) -> list[dict[str, str]]:
+    with open(output_dir / "csv" / "metrics.csv") as file:
+        return list(csv.DictReader(file))
+
+
+def step_values(rows, key: str) -> list[float]:
+    return [float(row[key]) for row in rows if row.get(key)]
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """80 small RGB images of two kinds (bright discs, dark squares) in class subfolders."""
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:20, :20]
+    for i in range(40):
+        cx, cy, r = rng.integers(6, 14, 3)
+        disc = ((xx - cx) ** 2 + (yy - cy) ** 2 < (r // 2 + 2) ** 2) * 230
+        square = ((abs(xx - cx) < 4) & (abs(yy - cy) < 4)) * 120
+        for name, array in (("discs", disc), ("squares", square)):
+            (root / name).mkdir(exist_ok=True)
+            rgb = np.stack([array, array * 0.5, array * 0.2], axis=-1).astype(np.uint8)
+            Image.fromarray(rgb).save(root / name / f"{i}.png")
+    return root
+
+
+def dataset_args(name: str, folder: Path) -> list[str]:
+    if name == "digits":
+        return ["dataset=digits"]
+    return ["dataset=folder", f"dataset.data_dir={folder}", "dataset.image_size=16",
+            "dataset.batch_size=16"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("dataset", ["digits", "folder"])
+def test_every_model_learns_on_every_offline_dataset(model, dataset, image_folder, make_config):
+    cfg = make_config(f"model={model}", *dataset_args(dataset, image_folder), *FAST,
+                      "logger=csv", "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
+                      "trainer.limit_train_batches=12", "callbacks.image_grids.save_dir=null")
+    metrics = train(cfg)
+    assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
+    losses = step_values(read_metrics(Path(cfg.paths.output_dir)), MAIN_LOSS[model])
+    assert len(losses) >= 12
+    assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
+    model_back = load_model(cfg.paths.output_dir)
+    samples = model_back.sample(4)
+    channels, size = cfg.dataset.channels, cfg.dataset.image_size
+    assert samples.shape == (4, channels, size, size)
+    low, high = model_back.value_range
+    assert samples.min() >= low and samples.max() <= high
+
+
+def test_tensorboard_gets_scalars_hparams_and_image_grids(make_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config("model=vae", *FAST, "trainer.max_epochs=2", "trainer.limit_train_batches=5")
+    train(cfg)
+    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"),
+                              size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    for scalar in ("train/loss_step", "train/recon_epoch", "train/kl_epoch", "train/elbo_epoch",
+                   "val/loss", "val/recon", "val/kl", "val/elbo", "lr-RMSprop"):
+        assert scalar in tags["scalars"], (scalar, tags["scalars"])
+    assert {"samples", "reconstructions"} <= set(tags["images"])
+    assert len(events.Images("samples")) == 2  # one grid per validation epoch
+    assert (Path(cfg.paths.output_dir) / "images" / "samples_epoch0001.png").exists()
+    hparams = events.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" in hparams
+    assert b"model/latent_dim" in hparams["_hparams_/session_start_info"]
+    assert b"hp/val/elbo" in hparams["_hparams_/experiment"]
+
+
+def test_gan_logs_both_players_and_discriminator_accuracy(make_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config("model=dcgan", *FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                      "trainer.log_every_n_steps=1")
+    train(cfg)
+    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/d_loss_step", "train/g_loss_step", "train/d_real_acc_step",
+            "train/d_fake_acc_step", "lr-RMSprop/discriminator",
+            "lr-RMSprop-1/generator"} <= scalars, scalars
+    assert "samples" in events.Tags()["images"]
+
+
+def test_gan_trains_under_bf16_mixed_precision(make_config):
+    cfg = make_config("model=dcgan", *FAST, "trainer.precision=bf16-mixed",
+                      "trainer.max_epochs=1", "trainer.limit_train_batches=4")
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/d_loss_epoch"]) and math.isfinite(metrics["val/g_loss"])
+
+
+def test_checkpoints_keep_the_last_and_periodic_ones(make_config):
+    cfg = make_config("model=ae", *FAST, "trainer.max_epochs=4", "trainer.limit_train_batches=2",
+                      "callbacks.periodic_checkpoint.every_n_epochs=2")
+    train(cfg)
+    names = sorted(p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").iterdir())
+    assert names == ["epoch_001.ckpt", "epoch_003.ckpt", "last.ckpt"]
+    assert (Path(cfg.paths.output_dir) / "config.yaml").exists()
+
+
+def test_a_second_run_never_overwrites_checkpoints(make_config):
+    args = ("model=ae", *FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2")
+    cfg = make_config(*args)
+    train(cfg)
+    before = (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(GenmodelsError, match="refusing to overwrite"):
+        train(make_config(*args))
+    assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+def test_reloaded_model_matches_the_trained_one(make_config):
+    cfg = make_config("model=vae", *FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3")
+    train(cfg)
+    model = load_model(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt",
+                       weights_only=False)["state_dict"]
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert not model.training
+
+
+def test_train_py_runs_end_to_end_and_says_where_outputs_went(tmp_path):
+    result = run_train("model=ae", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                       "trainer.enable_progress_bar=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "Run directory:" in output and "tensorboard --logdir" in output
+    (run_dir,) = (tmp_path / "logs" / "runs").iterdir()
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "config.yaml").exists()
+
+
+def test_multirun_trains_each_job_in_its_own_directory(tmp_path):
+    result = run_train("-m", "model=ae,vae", "trainer.max_epochs=1",
+                       "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
+                       "test=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "multiruns").iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert jobs == ["0_ae_digits", "1_vae_digits"]
+    for job in jobs:
+        assert (sweep / job / "checkpoints" / "last.ckpt").exists()
+
+
+def test_gan_trains_with_ddp_on_two_cpu_processes(tmp_path):
+    result = run_train("model=dcgan", "trainer=ddp_cpu", "trainer.max_epochs=1",
+                       "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+                       "trainer.enable_progress_bar=false", "test=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "runs").iterdir()  # both ranks share one run dir
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert (run_dir / "images" / "samples_epoch0000.png").exists()
+
+
+def test_missing_dataset_stops_with_a_clear_message(tmp_path):
+    result = run_train("dataset=mnist", f"dataset.data_dir={tmp_path / 'empty'}",
+                       "dataset.download=false", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert f"Error: The mnist dataset is not in {tmp_path / 'empty'}" in result.stderr
+    assert "MNIST/raw/" in result.stderr
