@@ -1,5 +1,6 @@
 """Data modules: in-memory uint8 tensors, scaled batches, splits, errors that help."""
 
+import gzip
 import struct
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,7 @@ from genmodels.data import (
     CIFAR10DataModule,
     DigitsDataModule,
     FashionMNISTDataModule,
+    IdxDataModule,
     ImageFolderDataModule,
     MNISTDataModule,
     TensorBatchLoader,
@@ -137,12 +139,14 @@ def test_folder_errors_name_the_problem(tmp_path):
         ImageFolderDataModule(data_dir=tmp_path).setup()
 
 
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An array in the IDX format of the MNIST files (unsigned bytes)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
-    """Write an array in the IDX format of the MNIST files."""
-    type_code = 0x08  # unsigned byte
-    header = struct.pack(">HBB", 0, type_code, array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
+    path.write_bytes(idx_bytes(array))
 
 
 @pytest.mark.parametrize("module, folder", [(MNISTDataModule, "MNIST"),
@@ -199,3 +203,28 @@ def test_missing_dataset_with_download_off(tmp_path):
 def test_bad_dataset_settings_are_refused(kwargs, message):
     with pytest.raises(GenmodelsError, match=message):
         DigitsDataModule(**kwargs)
+
+
+def test_idx_files_load_with_an_ordered_split(tmp_path):
+    images = np.arange(50 * 28 * 28).reshape(50, 28, 28) % 256
+    write_idx(tmp_path / "images-idx3-ubyte", images)
+    with gzip.open(tmp_path / "labels-idx1-ubyte.gz", "wb") as file:
+        file.write(idx_bytes(np.arange(50) % 10))
+    dm = IdxDataModule(images=tmp_path / "images-idx3-ubyte",
+                       labels=tmp_path / "labels-idx1-ubyte.gz", val_fraction=0.2,
+                       test_fraction=0.0, ordered_split=True)
+    dm.setup()
+    train_labels, val_labels = dm.splits["train"][1], dm.splits["val"][1]
+    assert len(train_labels) == 40 and len(val_labels) == 10 and dm.num_classes == 10
+    assert torch.equal(dm.splits["val"][0][:, 0], torch.from_numpy(images[40:]).to(torch.uint8))
+    assert torch.equal(dm.splits["test"][1], val_labels)
+
+
+def test_idx_errors_name_the_file(tmp_path):
+    with pytest.raises(GenmodelsError, match="needs dataset.images"):
+        IdxDataModule().setup()
+    with pytest.raises(GenmodelsError, match="Cannot read IDX file .*missing"):
+        IdxDataModule(images=tmp_path / "missing").setup()
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(GenmodelsError, match="not an IDX file"):
+        IdxDataModule(images=tmp_path / "bad").setup()
