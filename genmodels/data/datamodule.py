@@ -59,7 +59,14 @@ class TensorBatchLoader:
         self.seed, self.epoch_fn = seed, epoch_fn
         self._iterations = 0
 
+    @staticmethod
+    def _rank_and_world() -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
     def _indices(self) -> torch.Tensor:
+        """This rank's example indices for the coming pass over the data."""
         n = len(self.images)
         if self.shuffle:
             epoch = self.epoch_fn() if self.epoch_fn else self._iterations
@@ -67,15 +74,16 @@ class TensorBatchLoader:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         else:
             order = torch.arange(n)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            world, rank = dist.get_world_size(), dist.get_rank()
-            if self.drop_last:
-                order = order[: n - n % world]
-            order = order[rank::world]
-        return order
+        rank, world = self._rank_and_world()
+        if self.drop_last:
+            order = order[: n - n % world]  # equal shares keep the ranks in step
+        return order[rank::world]
 
     def _num_examples(self) -> int:
-        return len(self._indices())
+        n, (rank, world) = len(self.images), self._rank_and_world()
+        if self.drop_last:
+            return n // world
+        return len(range(rank, n, world))
 
     def __len__(self) -> int:
         n = self._num_examples()
