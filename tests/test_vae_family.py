@@ -209,3 +209,14 @@ def test_vae_callbacks_log_figures_and_the_likelihood_command_reads_the_run(make
     assert (output_dir / "images" / "aggregate_posterior_epoch0000.png").exists()
     main([str(output_dir), "--k", "3", "--limit", "10", "--device", "cpu"])
     assert "10 images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("experiment", ["conv_vae_mnist_2d", "conv_vae_fashion_2d",
+                                        "vae_mnist_binarized", "faces_vae_celeba",
+                                        "beta_vae_celeba"])
+def test_vae_experiment_presets_compose_and_build(experiment, tmp_path):
+    cfg = compose_config([f"experiment={experiment}"], tmp_path)
+    model = build(cfg.model)
+    assert model.image_shape == (cfg.dataset.channels, cfg.dataset.image_size,
+                                 cfg.dataset.image_size)
+    assert all(build(node) for node in cfg.callbacks.values())
