@@ -44,6 +44,19 @@ def split_off(images: torch.Tensor, labels: torch.Tensor, fraction: float, seed:
     return (images[rest], labels[rest]), (images[held_out], labels[held_out])
 
 
+BINARIZE = (None, "dynamic", "static")
+
+
+def stochastic_binarization(images: torch.Tensor, seed: int, chunk: int = 10000) -> torch.Tensor:
+    """uint8 grey levels -> uint8 0/255, each pixel on with probability grey/255, from a
+    seeded generator (the same binarization every run), in chunks to bound memory."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.cat([
+        (torch.rand(part.shape, generator=generator) * 255 < part).to(torch.uint8) * 255
+        for part in images.split(chunk)
+    ]) if len(images) else images
+
+
 class TensorBatchLoader:
     """Mini-batches cut from in-memory tensors by indexing: no per-sample Python work.
 
@@ -106,6 +119,11 @@ class InMemoryImageDataModule(L.LightningDataModule):
     Images are kept as uint8 (N, C, H, W) tensors at the configured size and channels,
     on the GPU when training runs on one; each batch is scaled to `value_range` there.
     Labels are int64 class indices, -1 where a dataset has none.
+
+    binarize (Bernoulli-likelihood models on grey images, e.g. MNIST): "dynamic" draws a
+    fresh binarization of every training batch (each pixel on with probability equal to its
+    grey level; Burda et al., 2016); "static" binarizes the training images once. Either way
+    validation and test use one fixed seeded binarization, the evaluation papers report.
     """
 
     name = "images"
@@ -114,7 +132,8 @@ class InMemoryImageDataModule(L.LightningDataModule):
     def __init__(self, data_dir: str = "data", image_size: int = 28, channels: int = 1,
                  batch_size: int = 128, value_range: list[float] = (0.0, 1.0),
                  val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
-                 download: bool = True, keep_on_gpu: bool = True, ordered_split: bool = False):
+                 download: bool = True, keep_on_gpu: bool = True, ordered_split: bool = False,
+                 binarize: str | None = None):
         super().__init__()
         if channels not in (1, 3):
             raise GenmodelsError(f"dataset.channels must be 1 or 3, got {channels!r}.")
@@ -135,6 +154,10 @@ class InMemoryImageDataModule(L.LightningDataModule):
         self.download, self.keep_on_gpu = download, keep_on_gpu
         # Hold out the last examples instead of a random sample (fixed, published splits).
         self.ordered_split = ordered_split
+        if binarize not in BINARIZE:
+            raise GenmodelsError(f"Unknown dataset.binarize {binarize!r}; valid choices: "
+                                 f"{BINARIZE} (null: keep grey levels).")
+        self.binarize = binarize
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -166,6 +189,13 @@ class InMemoryImageDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         if device.type != "cuda" or not self.keep_on_gpu:
             device = torch.device("cpu")
+        if self.binarize:
+            # Evaluation always sees one fixed stochastic binarization (a seeded draw), as
+            # papers do, so that every epoch and every model scores the same images.
+            val = stochastic_binarization(val[0], self.seed + 2), val[1]
+            test = stochastic_binarization(test[0], self.seed + 3), test[1]
+            if self.binarize == "static":
+                train = stochastic_binarization(train[0], self.seed + 4), train[1]
         self.splits = {name: (images.to(device), labels.to(device))
                        for name, (images, labels) in (("train", train), ("val", val),
                                                       ("test", test))}
@@ -185,13 +215,17 @@ class InMemoryImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> TensorBatchLoader:
         return self._loader("test", shuffle=False)
 
-    def scale(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> floats in `value_range`."""
+    def scale(self, images: torch.Tensor, dynamic_binarization: bool = False) -> torch.Tensor:
+        """uint8 images -> floats in `value_range` (optionally a fresh binarization)."""
         x = images.float().div_(255)
+        if dynamic_binarization:
+            x = torch.bernoulli(x)
         if self.value_range == (-1.0, 1.0):
             x = x.mul_(2).sub_(1)
         return x
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
-        return self.scale(images), labels
+        # Dynamic binarization: a new Bernoulli draw of each training image at every visit.
+        dynamic = self.binarize == "dynamic" and self.trainer is not None and self.trainer.training
+        return self.scale(images, dynamic_binarization=dynamic), labels

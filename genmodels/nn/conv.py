@@ -1,4 +1,4 @@
-"""Convolutional generators and discriminators (DCGAN family).
+"""Convolutional networks: DCGAN generators and discriminators; encoders and decoders.
 
 Every spatial size is derived from the configured image size, so the same config trains
 at 28x28, 32x32 or 64x64.
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from genmodels.errors import GenmodelsError
+from genmodels.nn.dense import mlp
 from genmodels.nn.layers import Dropout, check_image_shape, init_for_activation, make_activation
 
 
@@ -80,3 +81,127 @@ class DCGANDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
+
+
+# ---------------------------------------------------------------------------------------
+# Convolutional encoders and decoders (autoencoders and VAEs)
+# ---------------------------------------------------------------------------------------
+
+BLOCKS = ("strided", "double")
+
+
+def padded_size(image_size: int, num_stages: int) -> int:
+    """The smallest size >= image_size that `num_stages` halvings divide (28 -> 32 for 3)."""
+    factor = 2**num_stages
+    return -(-image_size // factor) * factor
+
+
+def check_block(block: str) -> None:
+    if block not in BLOCKS:
+        raise GenmodelsError(f"Unknown conv block {block!r}; valid choices: {BLOCKS}.")
+
+
+def conv_unit(n_in: int, n_out: int, kernel_size: int, activation: str, batch_norm: bool,
+              stride: int = 1, transposed: bool = False) -> list[nn.Module]:
+    """conv -> activation -> (batch norm): one 'same'-padded conv, or a stride-2 one that
+    halves (transposed: doubles) the size."""
+    pad = same_padding(kernel_size)
+    if transposed:
+        conv = nn.ConvTranspose2d(n_in, n_out, kernel_size, stride=stride, padding=pad,
+                                  output_padding=stride - 1)
+    else:
+        conv = nn.Conv2d(n_in, n_out, kernel_size, stride=stride, padding=pad)
+    init_for_activation(conv, activation)
+    return [conv, make_activation(activation), *([nn.BatchNorm2d(n_out)] if batch_norm else [])]
+
+
+class ConvEncoder(nn.Module):
+    """Image -> conv stages that each halve the size -> flatten -> optional dense layers.
+
+    block="strided": one stride-2 conv per stage (Foster's VAE, DCGAN-style encoders);
+    block="double": two 'same' convs then 2x2 max pooling per stage (VGG/U-Net style).
+    Each conv is followed by `activation` and, with `batch_norm`, batch norm. Images whose
+    size the stages do not divide are zero-padded (centred) first, e.g. 28x28 -> 32x32 for
+    three stages; `ConvDecoder` crops its output back the same way. The output is the flat
+    feature vector from which an autoencoder's codings or a VAE's posterior are computed.
+    """
+
+    def __init__(self, channels: int, image_size: int, widths: list[int] = (32, 64, 128),
+                 kernel_size: int = 3, activation: str = "relu", batch_norm: bool = False,
+                 block: str = "strided", dense_sizes: list[int] = (),
+                 out_features: int | None = None, out_activation: str | None = None):
+        super().__init__()
+        check_image_shape(channels, image_size)
+        check_block(block)
+        if not widths:
+            raise GenmodelsError("ConvEncoder needs at least one width (conv stage).")
+        size = padded_size(image_size, len(widths))
+        self.pad = (size - image_size) // 2, size - image_size - (size - image_size) // 2
+        layers: list[nn.Module] = []
+        for n_in, n_out in zip([channels, *widths[:-1]], widths, strict=True):
+            if block == "strided":
+                layers += conv_unit(n_in, n_out, kernel_size, activation, batch_norm, stride=2)
+            else:
+                layers += conv_unit(n_in, n_out, kernel_size, activation, batch_norm)
+                layers += conv_unit(n_out, n_out, kernel_size, activation, batch_norm)
+                layers.append(nn.MaxPool2d(2))
+        layers.append(nn.Flatten())
+        flat = widths[-1] * (size // 2 ** len(widths)) ** 2
+        sizes = [flat, *dense_sizes, *([out_features] if out_features else [])]
+        if len(sizes) > 1:
+            layers.append(mlp(sizes, activation, out_activation if out_features else activation))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pad):
+            low, high = self.pad
+            x = nn.functional.pad(x, (low, high, low, high))
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """Codings -> optional dense layers -> dense to (widths[0], s, s) -> upsampling stages
+    -> a 'same' conv to the image channels (raw output: logits or Gaussian means).
+
+    Stage i doubles the size and outputs widths[i] channels, so s = image_size / 2**stages
+    (rounded up; the output is centre-cropped to image_size, mirroring `ConvEncoder`'s
+    padding). block="strided": a stride-2 transposed conv per stage; block="double":
+    nearest-neighbour upsampling then two 'same' convs. Listing the encoder's widths in
+    reverse gives its mirror image.
+    """
+
+    def __init__(self, latent_dim: int, channels: int, image_size: int,
+                 widths: list[int] = (128, 64, 32), kernel_size: int = 3,
+                 activation: str = "relu", batch_norm: bool = False, block: str = "strided",
+                 dense_sizes: list[int] = (), output_kernel_size: int | None = None):
+        super().__init__()
+        check_image_shape(channels, image_size)
+        check_block(block)
+        if not widths:
+            raise GenmodelsError("ConvDecoder needs at least one width (upsampling stage).")
+        size = padded_size(image_size, len(widths))
+        self.image_size = image_size
+        start = size // 2 ** len(widths)
+        layers: list[nn.Module] = [
+            mlp([latent_dim, *dense_sizes, widths[0] * start * start], activation, activation),
+            nn.Unflatten(1, (widths[0], start, start)),
+        ]
+        for n_in, n_out in zip([widths[0], *widths[:-1]], widths, strict=True):
+            if block == "strided":
+                layers += conv_unit(n_in, n_out, kernel_size, activation, batch_norm, stride=2,
+                                    transposed=True)
+            else:
+                layers.append(nn.Upsample(scale_factor=2))
+                layers += conv_unit(n_in, n_out, kernel_size, activation, batch_norm)
+                layers += conv_unit(n_out, n_out, kernel_size, activation, batch_norm)
+        output_kernel = output_kernel_size or kernel_size
+        layers.append(nn.Conv2d(widths[-1], channels, output_kernel,
+                                padding=same_padding(output_kernel)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.net(z)
+        if out.shape[-1] != self.image_size:
+            low = (out.shape[-1] - self.image_size) // 2
+            out = out[..., low : low + self.image_size, low : low + self.image_size]
+        return out

@@ -16,10 +16,14 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return nll.flatten(1).sum(1)
 
 
-def gaussian_nll(mean: torch.Tensor, x: torch.Tensor, std: float) -> torch.Tensor:
-    """-log N(x; mean, std^2 I) per image: (x - mean)^2 / (2 std^2) + log(std sqrt(2 pi))."""
+def gaussian_nll(mean: torch.Tensor, x: torch.Tensor, std: float | torch.Tensor) -> torch.Tensor:
+    """-log N(x; mean, std^2 I) per image: (x - mean)^2 / (2 std^2) + log(std sqrt(2 pi)).
+
+    `std` is one number for every pixel: a float, or a scalar tensor when it is learned.
+    """
     squared_error = (x.float() - mean.float()).pow(2).flatten(1).sum(1)
-    per_pixel_const = math.log(std) + 0.5 * math.log(2 * math.pi)
+    std = torch.as_tensor(std, dtype=torch.float32, device=squared_error.device)
+    per_pixel_const = std.log() + 0.5 * math.log(2 * math.pi)
     return squared_error / (2 * std**2) + per_pixel_const * x[0].numel()
 
 

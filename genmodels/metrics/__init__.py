@@ -1,0 +1,1 @@
+"""Evaluation metrics for trained models (one module per metric)."""
