@@ -159,7 +159,7 @@ def mean_activation_after_training(weight: float, tmp_path) -> float:
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     dm = DigitsDataModule(batch_size=128)
     dm.setup()
-    for _ in range(5):
+    for _ in range(2):
         for batch in dm.train_dataloader():
             optimizer.zero_grad()
             model.losses(dm.on_after_batch_transfer(batch, 0))["loss"].backward()
@@ -225,7 +225,7 @@ def test_latent_scatter_logs_a_figure_and_an_embedding(overrides, make_config):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = make_config(*overrides, "callbacks=latent", "callbacks.latent_scatter.every_n_epochs=1",
-                      "callbacks.latent_scatter.max_points=150", *FAST, "trainer.max_epochs=1",
+                      "callbacks.latent_scatter.max_points=100", *FAST, "trainer.max_epochs=1",
                       "trainer.limit_train_batches=2", "test=false")
     train(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -236,7 +236,7 @@ def test_latent_scatter_logs_a_figure_and_an_embedding(overrides, make_config):
     assert projector.exists() and "sprite" in projector.read_text()
     (tensors,) = (output_dir / "tensorboard").glob("*/codings/tensors.tsv")
     rows = tensors.read_text().splitlines()
-    assert len(rows) == 150 and len(rows[0].split("\t")) == (30 if "model=ae" in overrides else 2)
+    assert len(rows) == 100 and len(rows[0].split("\t")) == (30 if "model=ae" in overrides else 2)
     assert (output_dir / "images" / "latent_scatter_epoch0000.png").exists()
 
 

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,16 @@ class LatentScatter(L.Callback):
       with the images as sprites, for interactive PCA / t-SNE / UMAP views.
 
     The figure is also saved as a PNG file with `save_dir`. Rank zero only, in eval mode.
+    t-SNE runs on `tsne_threads` threads (None: all): inside a training process, its
+    OpenMP threads compete with PyTorch's, and on a busy machine one thread is often
+    dozens of times faster than all of them.
     """
 
     def __init__(self, every_n_epochs: int = 5, max_points: int = 1000,
                  perplexity: float = 30.0, embedding: bool = True, seed: int = 0,
-                 save_dir: str | None = None):
+                 save_dir: str | None = None, tsne_threads: int | None = 1):
         self.every_n_epochs, self.max_points = every_n_epochs, max_points
+        self.tsne_threads = tsne_threads
         self.perplexity, self.embedding, self.seed = perplexity, embedding, seed
         self.save_dir = Path(save_dir) if save_dir else None
         self.images: list[torch.Tensor] = []
@@ -89,7 +94,8 @@ class LatentScatter(L.Callback):
         # t-SNE needs perplexity < number of points; small validation sets get less.
         perplexity = min(self.perplexity, max(1.0, (len(codings) - 1) / 3))
         tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=self.seed)
-        return tsne.fit_transform(codings), "t-SNE"
+        with threadpool_limits(limits=self.tsne_threads):
+            return tsne.fit_transform(codings), "t-SNE"
 
 
 def scatter_figure(points: np.ndarray, labels: np.ndarray, title: str) -> Figure:
