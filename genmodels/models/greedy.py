@@ -86,7 +86,8 @@ class GreedyAutoEncoder(AutoEncoder):
         else:
             n_in, n_out = (self.encoder_stages[k - 1][0].in_features,
                            self.encoder_stages[k - 1][0].out_features)
-            source = "the images" if k == 1 else f"the codings of frozen layers 1..{k - 1}"
+            frozen = "layer 1" if k == 2 else f"layers 1..{k - 1}"
+            source = "the images" if k == 1 else f"the codings of frozen {frozen}"
             what = f"training layer pair {k} ({n_in} -> {n_out} -> {n_in}) on {source}"
         total = self.num_layers + int(self.finetune)
         log.info("Greedy phase %d/%d from epoch %d: %s.", k, total, self.current_epoch, what)
