@@ -52,7 +52,8 @@ def fit_classifier(cfg: DictConfig, name: str, encoder: torch.nn.Module, freeze:
     logger = TensorBoardLogger(output_dir, name=f"classifier_{name}", version="",
                                default_hp_metric=False)
     trainer = build(cfg.trainer, max_epochs=settings.classifier_epochs, logger=logger,
-                    callbacks=[], enable_checkpointing=False, max_steps=-1)
+                    callbacks=[], enable_checkpointing=False, max_steps=-1,
+                    check_val_every_n_epoch=settings.get("val_every_n_epochs", 1))
     log.info("Classifier with the %s encoder on %d labelled images.", name,
              len(datamodule.splits["train"][0]))
     trainer.fit(classifier, datamodule=datamodule)

@@ -14,7 +14,8 @@ from genmodels.nn.dense import mlp
 
 
 class ImageClassifier(L.LightningModule):
-    """encoder -> dense head (`hidden_sizes`, then one logit per class), cross-entropy.
+    """encoder -> batch norm -> dense head (`hidden_sizes`, then one logit per class),
+    trained with cross-entropy.
 
     With `freeze_encoder`, only the head learns: the encoder (e.g. one pretrained as an
     autoencoder) is a fixed feature extractor, kept in eval mode. Logs loss and accuracy
@@ -32,7 +33,11 @@ class ImageClassifier(L.LightningModule):
             )
         self.encoder, self.freeze_encoder = encoder, freeze_encoder
         width = flat_output_width(encoder, (channels, image_size, image_size))
-        self.head = mlp([width, *hidden_sizes, num_classes], activation, None)
+        # Batch norm on the features, as for linear probes (He et al., "Masked Autoencoders
+        # Are Scalable Vision Learners", 2021): a pretrained encoder's codings can have any
+        # scale, which otherwise slows the head's training by orders of magnitude.
+        self.head = nn.Sequential(nn.BatchNorm1d(width, affine=False),
+                                  mlp([width, *hidden_sizes, num_classes], activation, None))
         if freeze_encoder:
             self.encoder.requires_grad_(False)
         self.optimizer_factory = optimizer
