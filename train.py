@@ -8,14 +8,15 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from genmodels.config import task_function
 from genmodels.errors import GenmodelsError
-from genmodels.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
-        metrics = train(cfg)
+        # The job: `genmodels.training.train` unless an experiment names another `task`.
+        metrics = task_function(cfg.get("task", "genmodels.training.train"))(cfg)
     except GenmodelsError as error:
         sys.exit(f"Error: {error}")
     # Sweepers (e.g. Optuna) optimise the value returned here.

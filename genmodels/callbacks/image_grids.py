@@ -14,7 +14,9 @@ class ImageGrids(L.Callback):
     - `samples`: `model.sample` on a fixed noise batch (the same seed every epoch, so the
       grids show how the same codings evolve);
     - `reconstructions` (models with `reconstruct`): rows of inputs over their
-      reconstructions, for a fixed set of validation images.
+      reconstructions, for a fixed set of validation images;
+    - `denoising` (models that also have `corrupt`): rows of corrupted inputs, their
+      restorations and the clean images.
 
     Grids go to TensorBoard (when it is a logger) and, with `save_dir`, to PNG files.
     Sampling runs on rank zero only, in eval mode, and calls no collective, so it cannot
@@ -52,6 +54,10 @@ class ImageGrids(L.Callback):
             x = self.val_images.to(pl_module.device)
             pairs = torch.stack([x, pl_module.reconstruct(x)], dim=1)  # input over output
             grids["reconstructions"] = interleave_rows(pairs, row_length=8)
+            if hasattr(pl_module, "corrupt"):  # denoising: noisy over restored over clean
+                noisy = pl_module.corrupt(x)
+                triplets = torch.stack([noisy, pl_module.reconstruct(noisy), x], dim=1)
+                grids["denoising"] = interleave_rows(triplets, row_length=8)
         pl_module.train(was_training)
         for name, images in grids.items():
             self.log_grid(trainer, name, pl_module.to_unit_range(images))
@@ -67,8 +73,9 @@ class ImageGrids(L.Callback):
 
 
 def interleave_rows(pairs: torch.Tensor, row_length: int) -> torch.Tensor:
-    """(N, 2, C, H, W) input/output pairs -> images ordered so that a grid with
-    `row_length` columns shows a row of inputs above the row of their outputs."""
+    """(N, 2, C, H, W) input/output pairs (or (N, k, ...) tuples) -> images ordered so
+    that a grid with `row_length` columns shows a row of inputs above the row of their
+    outputs."""
     n = len(pairs) - len(pairs) % row_length or len(pairs)
     rows = pairs[:n].unflatten(0, (-1, min(row_length, n)))  # (rows, cols, 2, C, H, W)
     return rows.transpose(1, 2).flatten(0, 2)

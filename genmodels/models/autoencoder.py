@@ -18,9 +18,11 @@ class AutoEncoder(GenerativeModel):
 
     loss="bce": binary cross-entropy per pixel (inputs in [0, 1], sigmoid output, computed
     from logits); loss="mse": mean squared error on the `output_activation` output.
+    `decoder` is a module, or a function that builds one from the encoder (a Hydra
+    `_partial_`, e.g. `TiedDenseDecoder`, whose layers reuse the encoder's weights).
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, codings_dim: int,
+    def __init__(self, encoder: nn.Module, decoder: nn.Module | Callable, codings_dim: int,
                  optimizer: Callable, channels: int, image_size: int, value_range: list[float],
                  loss: str = "bce", output_activation: str | None = "sigmoid",
                  scheduler: Callable | None = None):
@@ -32,6 +34,8 @@ class AutoEncoder(GenerativeModel):
                 "loss=bce needs output_activation=sigmoid and value_range=[0, 1], got "
                 f"output_activation={output_activation!r}, value_range={list(value_range)}."
             )
+        if not isinstance(decoder, nn.Module):
+            decoder = decoder(encoder=encoder)
         self.encoder, self.decoder = encoder, decoder
         self.loss_name = loss
         self.output_activation = make_activation(output_activation)
@@ -55,11 +59,21 @@ class AutoEncoder(GenerativeModel):
         return self.decode(self.encode(x))
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Decode codings drawn uniformly within the range the training codings covered.
+
+        Nothing made the codings fill that box (unlike a VAE's prior, which its KL term
+        makes the codings follow), so many such points decode to blurs or non-digits.
+        Images from decoders without a squashing output (linear_ae) are clipped to range.
+        """
         u = torch.rand(n, self.codings_low.numel(), generator=generator).to(self.device)
-        return self.decode(self.codings_low + u * (self.codings_high - self.codings_low))
+        images = self.decode(self.codings_low + u * (self.codings_high - self.codings_low))
+        return images.clamp(*self.value_range)
 
     def reconstruction_loss(self, x: torch.Tensor, codings: torch.Tensor) -> torch.Tensor:
-        logits = self.decoder(codings)
+        return self.loss_from_decoder_output(x, self.decoder(codings))
+
+    def loss_from_decoder_output(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The reconstruction loss of the decoder's raw output (before output_activation)."""
         if self.loss_name == "bce":
             return F.binary_cross_entropy_with_logits(logits.float(), x.float())
         return F.mse_loss(self.output_activation(logits).float(), x.float())

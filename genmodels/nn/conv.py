@@ -87,7 +87,8 @@ class DCGANDiscriminator(nn.Module):
 # Convolutional encoders and decoders (autoencoders and VAEs)
 # ---------------------------------------------------------------------------------------
 
-BLOCKS = ("strided", "double")
+ENCODER_BLOCKS = ("strided", "double", "pool")
+DECODER_BLOCKS = ("strided", "double")
 
 
 def padded_size(image_size: int, num_stages: int) -> int:
@@ -96,9 +97,9 @@ def padded_size(image_size: int, num_stages: int) -> int:
     return -(-image_size // factor) * factor
 
 
-def check_block(block: str) -> None:
-    if block not in BLOCKS:
-        raise GenmodelsError(f"Unknown conv block {block!r}; valid choices: {BLOCKS}.")
+def check_block(block: str, choices: tuple[str, ...]) -> None:
+    if block not in choices:
+        raise GenmodelsError(f"Unknown conv block {block!r}; valid choices: {choices}.")
 
 
 def conv_unit(n_in: int, n_out: int, kernel_size: int, activation: str, batch_norm: bool,
@@ -119,7 +120,8 @@ class ConvEncoder(nn.Module):
     """Image -> conv stages that each halve the size -> flatten -> optional dense layers.
 
     block="strided": one stride-2 conv per stage (Foster's VAE, DCGAN-style encoders);
-    block="double": two 'same' convs then 2x2 max pooling per stage (VGG/U-Net style).
+    block="double": two 'same' convs then 2x2 max pooling per stage (VGG/U-Net style);
+    block="pool": one 'same' conv then 2x2 max pooling per stage (Geron's conv autoencoder).
     Each conv is followed by `activation` and, with `batch_norm`, batch norm. Images whose
     size the stages do not divide are zero-padded (centred) first, e.g. 28x28 -> 32x32 for
     three stages; `ConvDecoder` crops its output back the same way. The output is the flat
@@ -132,7 +134,7 @@ class ConvEncoder(nn.Module):
                  out_features: int | None = None, out_activation: str | None = None):
         super().__init__()
         check_image_shape(channels, image_size)
-        check_block(block)
+        check_block(block, ENCODER_BLOCKS)
         if not widths:
             raise GenmodelsError("ConvEncoder needs at least one width (conv stage).")
         size = padded_size(image_size, len(widths))
@@ -141,6 +143,9 @@ class ConvEncoder(nn.Module):
         for n_in, n_out in zip([channels, *widths[:-1]], widths, strict=True):
             if block == "strided":
                 layers += conv_unit(n_in, n_out, kernel_size, activation, batch_norm, stride=2)
+            elif block == "pool":
+                layers += conv_unit(n_in, n_out, kernel_size, activation, batch_norm)
+                layers.append(nn.MaxPool2d(2))
             else:
                 layers += conv_unit(n_in, n_out, kernel_size, activation, batch_norm)
                 layers += conv_unit(n_out, n_out, kernel_size, activation, batch_norm)
@@ -176,7 +181,7 @@ class ConvDecoder(nn.Module):
                  dense_sizes: list[int] = (), output_kernel_size: int | None = None):
         super().__init__()
         check_image_shape(channels, image_size)
-        check_block(block)
+        check_block(block, DECODER_BLOCKS)
         if not widths:
             raise GenmodelsError("ConvDecoder needs at least one width (upsampling stage).")
         size = padded_size(image_size, len(widths))

@@ -1,0 +1,297 @@
+"""The autoencoder family and its tools: each model learns, and each does what it claims."""
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import subspace_angles
+from sklearn.decomposition import PCA
+from torch import nn
+
+from genmodels.config import build
+from genmodels.data import DigitsDataModule
+from genmodels.models import AutoEncoder
+from genmodels.pretraining import pretrain_classifier
+from genmodels.training import train
+
+from .conftest import FAST, compose_config
+from .test_training import (
+    dataset_args,
+    image_folder,  # noqa: F401  (a fixture)
+    read_metrics,
+    step_values,
+)
+
+NEW_MODELS = ["linear_ae", "tied_ae", "greedy_ae", "conv_ae", "recurrent_ae", "denoising_ae",
+              "sparse_ae"]
+# Narrower networks where the full-size ones are slow on CPU; the architecture is the same.
+SMALLER = {"greedy_ae": ["model.epochs_per_phase=1"],
+           "recurrent_ae": ["model.encoder.hidden_sizes=[32]", "model.decoder.hidden_sizes=[32]"],
+           "conv_ae": ["model.encoder.widths=[8,16]", "model.decoder.widths=[16,8]"]}
+
+
+def digits_batch(n=64, seed=0):
+    dm = DigitsDataModule(batch_size=n, seed=seed)
+    dm.setup()
+    return dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+
+
+@pytest.mark.parametrize("model", NEW_MODELS)
+@pytest.mark.parametrize("dataset", ["digits", "folder"])
+def test_every_autoencoder_learns_on_every_offline_dataset(model, dataset, image_folder,  # noqa: F811
+                                                           make_config):
+    cfg = make_config(f"model={model}", *dataset_args(dataset, image_folder), *FAST,
+                      "logger=csv", "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
+                      "trainer.limit_train_batches=6", "trainer.limit_val_batches=1",
+                      "test=false", "callbacks.image_grids.save_dir=null",
+                      "~callbacks.periodic_checkpoint", "model.optimizer.lr=3e-3",
+                      *SMALLER.get(model, []))
+    metrics = train(cfg)
+    assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
+    rows = read_metrics(Path(cfg.paths.output_dir))
+    key = "train/recon_step" if model in ("sparse_ae", "greedy_ae") else "train/loss_step"
+    losses = step_values(rows, key)
+    assert len(losses) >= 8
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+
+
+def test_linear_autoencoder_finds_the_pca_subspace():
+    """A 3-D cloud near a tilted plane, projected to 2-D: the linear autoencoder's decoder
+    spans the same plane as the first two principal components."""
+    generator = torch.Generator().manual_seed(0)
+    plane = torch.linalg.qr(torch.randn(3, 3, generator=generator))[0][:, :2]
+    coefficients = torch.randn(500, 2, generator=generator) * torch.tensor([3.0, 1.5])
+    points = coefficients @ plane.T + 0.1 * torch.randn(500, 3, generator=generator) + 2.0
+    # The linear_ae architecture (no activations, MSE) on 3-D "images" of 3x1x1 pixels.
+    torch.manual_seed(0)
+    model = AutoEncoder(encoder=nn.Sequential(nn.Flatten(), nn.Linear(3, 2)),
+                        decoder=nn.Sequential(nn.Linear(2, 3), nn.Unflatten(1, (3, 1, 1))),
+                        codings_dim=2, optimizer=None, channels=3, image_size=1,
+                        value_range=[0.0, 1.0], loss="mse", output_activation=None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    batch = (points.view(500, 3, 1, 1), torch.zeros(500, dtype=torch.long))
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = model.losses(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+    decoder_weight = model.decoder[0].weight.detach().numpy()  # (3, 2): spans the output plane
+    pca = PCA(n_components=2).fit(points.numpy())
+    angles = subspace_angles(decoder_weight, pca.components_.T)
+    assert np.degrees(angles).max() < 1.0, np.degrees(angles)
+    # and it reconstructs as well as PCA does
+    pca_error = np.mean((pca.inverse_transform(pca.transform(points.numpy())) - points.numpy())
+                        ** 2)
+    assert loss.item() < pca_error * 1.05
+
+
+def test_tied_weights_are_one_tensor_that_learns_from_both_sides(tmp_path):
+    tied = build(compose_config(["model=tied_ae"], tmp_path).model)
+    untied = build(compose_config(["model=ae"], tmp_path).model)
+    encoder_linears = [m for m in tied.encoder.modules() if isinstance(m, nn.Linear)]
+    assert all(a is b for a, b in zip(tied.decoder.tied, encoder_linears[::-1], strict=True))
+    names = [name for name, _ in tied.named_parameters()]
+    assert not any("decoder" in n and "weight" in n for n in names), names
+    n_tied, n_untied = (sum(p.numel() for p in m.parameters()) for m in (tied, untied))
+    assert n_tied < 0.55 * n_untied
+    # The weight gets the gradients of both sides: encoding and decoding add up.
+    first = encoder_linears[0].weight
+    x = digits_batch(8)[0]
+    grads = []
+    for side in ("encoder", "decoder", "both"):
+        tied.zero_grad()
+        codings = tied.encode(x)
+        if side == "decoder":
+            codings = codings.detach()
+        out = tied.decoder(codings)
+        target = codings.sum() if side == "encoder" else out.sum()
+        target.backward()
+        grads.append(first.grad.clone())
+    assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
+    assert not torch.allclose(grads[2], grads[1]) and not torch.allclose(grads[2], grads[0])
+
+
+def test_denoising_corrupts_only_in_training(tmp_path, monkeypatch):
+    for noise in ("gaussian", "dropout"):
+        model = build(compose_config(["model=denoising_ae", f"model.noise={noise}",
+                                      "model.noise_level=0.5"], tmp_path).model)
+        seen = []
+
+        def encode(x, seen=seen, original=model.encode):
+            seen.append(x.clone())
+            return original(x)
+
+        monkeypatch.setattr(model, "encode", encode)
+        x, y = digits_batch(16)
+        model.train()
+        model.losses((x, y))
+        assert not torch.equal(seen[-1], x)
+        if noise == "dropout":
+            assert ((seen[-1] == 0) & (x > 0)).float().mean() > 0.2
+        model.eval()
+        model.losses((x, y))
+        assert torch.equal(seen[-1], x)
+        assert not torch.equal(model.corrupt(x), x)  # available on demand for the grids
+
+
+def test_denoising_logs_noisy_restored_clean_triplets(make_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config("model=denoising_ae", *FAST, "trainer.max_epochs=1",
+                      "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                      "test=false")
+    train(cfg)
+    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"))
+    events.Reload()
+    assert "denoising" in events.Tags()["images"]
+    (image,) = events.Images("denoising")
+    # 32 images, 8 per row, 3 rows (noisy, restored, clean) per group: 12 rows of 30 px
+    assert image.height == 12 * 28 + 13 * 2
+
+
+def mean_activation_after_training(weight: float, tmp_path) -> float:
+    torch.manual_seed(0)
+    model = build(compose_config(["model=sparse_ae", f"model.sparsity_weight={weight}",
+                                  "model.codings_dim=50"], tmp_path).model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    dm = DigitsDataModule(batch_size=128)
+    dm.setup()
+    for _ in range(2):
+        for batch in dm.train_dataloader():
+            optimizer.zero_grad()
+            model.losses(dm.on_after_batch_transfer(batch, 0))["loss"].backward()
+            optimizer.step()
+    with torch.no_grad():
+        return model.losses(digits_batch(500))["mean_activation"].item()
+
+
+def test_sparsity_penalty_pulls_the_mean_activation_to_the_target(tmp_path):
+    free = mean_activation_after_training(0.0, tmp_path)
+    sparse = mean_activation_after_training(0.5, tmp_path)
+    assert abs(sparse - 0.1) < abs(free - 0.1) / 2, (free, sparse)
+    assert sparse < 0.2
+
+
+def test_sparse_autoencoder_logs_histograms_and_near_zero_fraction(make_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config("model=sparse_ae", "model.penalty=l1", "model.sparsity_weight=1e-3",
+                      *FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                      "trainer.limit_val_batches=2", "test=false")
+    metrics = train(cfg)
+    assert 0 <= metrics["val/near_zero"] <= 1 and "val/sparsity" in metrics
+    events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"))
+    events.Reload()
+    assert {"codings/activations", "codings/neuron_mean_activations"} <= set(
+        events.Tags()["histograms"])
+
+
+def test_greedy_training_goes_through_its_phases(make_config, caplog):
+    cfg = make_config("model=greedy_ae", "model.epochs_per_phase=1", *FAST, "logger=csv",
+                      "trainer.max_epochs=3", "trainer.limit_train_batches=3",
+                      "trainer.limit_val_batches=1", "test=false")
+    model = build(cfg.model)
+    encoder_weights = [s[0].weight for s in model.encoder_stages]
+    with caplog.at_level(logging.INFO, logger="genmodels.models.greedy"):
+        train(cfg)
+    messages = [r.getMessage() for r in caplog.records if "Greedy phase" in r.getMessage()]
+    assert [m.split(" from")[0] for m in messages] == [
+        "Greedy phase 1/3", "Greedy phase 2/3", "Greedy phase 3/3"]
+    assert "784 -> 100 -> 784" in messages[0] and "100 -> 30 -> 100" in messages[1]
+    phases = step_values(read_metrics(Path(cfg.paths.output_dir)), "train/phase")
+    assert phases == [1.0, 2.0, 3.0]
+    assert len(encoder_weights) == 2
+
+
+def test_greedy_phases_train_one_layer_pair_then_all(tmp_path, monkeypatch):
+    from genmodels.models import GreedyAutoEncoder
+
+    model = build(compose_config(["model=greedy_ae", "model.epochs_per_phase=1"],
+                                 tmp_path).model).train()
+    x, y = digits_batch(16)
+    for epoch, trained in ((0, (True, False)), (1, (False, True)), (2, (True, True))):
+        monkeypatch.setattr(GreedyAutoEncoder, "current_epoch", property(lambda _, e=epoch: e))
+        model.zero_grad(set_to_none=True)
+        model.losses((x, y))["loss"].backward()
+        grads = [stage[0].weight.grad for stage in model.encoder_stages]
+        assert [g is not None and g.abs().sum() > 0 for g in grads] == list(trained), epoch
+
+
+@pytest.mark.parametrize("overrides", [["model=ae"], ["model=vae", "model.latent_dim=2"]])
+def test_latent_scatter_logs_a_figure_and_an_embedding(overrides, make_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_config(*overrides, "callbacks=latent", "callbacks.latent_scatter.every_n_epochs=1",
+                      "callbacks.latent_scatter.max_points=100", *FAST, "trainer.max_epochs=1",
+                      "trainer.limit_train_batches=2", "test=false")
+    train(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    events = EventAccumulator(str(output_dir / "tensorboard"))
+    events.Reload()
+    assert "latent_scatter" in events.Tags()["images"]
+    projector = output_dir / "tensorboard" / "projector_config.pbtxt"
+    assert projector.exists() and "sprite" in projector.read_text()
+    (tensors,) = (output_dir / "tensorboard").glob("*/codings/tensors.tsv")
+    rows = tensors.read_text().splitlines()
+    assert len(rows) == 100 and len(rows[0].split("\t")) == (30 if "model=ae" in overrides else 2)
+    assert (output_dir / "images" / "latent_scatter_epoch0000.png").exists()
+
+
+def test_latent_scatter_is_opt_in():
+    cfg = compose_config([])
+    assert "latent_scatter" not in cfg.callbacks
+
+
+def test_pretraining_experiment_reports_both_accuracies(make_config, caplog):
+    cfg = make_config("experiment=pretrain_classifier", *FAST, "trainer.max_epochs=1",
+                      "trainer.limit_train_batches=5", "pretrain.num_labelled=100",
+                      "pretrain.classifier_epochs=2", "trainer.limit_val_batches=1")
+    with caplog.at_level(logging.INFO, logger="genmodels.pretraining"):
+        metrics = pretrain_classifier(cfg)
+    for name in ("pretrained", "scratch"):
+        assert 0.0 <= metrics[f"{name}/test/acc"] <= 1.0
+    assert "autoencoder/val/loss" in metrics
+    report = caplog.text
+    assert "Test accuracy with 100 labelled training images" in report
+    assert "from scratch" in report and "pretrained as an autoencoder (fine-tuned)" in report
+    output_dir = Path(cfg.paths.output_dir)
+    assert (output_dir / "autoencoder" / "checkpoints" / "last.ckpt").exists()
+    assert (output_dir / "classifier_pretrained").is_dir()
+    assert (output_dir / "classifier_scratch").is_dir()
+
+
+def test_pretraining_classifier_can_freeze_the_encoder(tmp_path):
+    cfg = compose_config(["experiment=pretrain_classifier"], tmp_path)
+    encoder = build(cfg.model.encoder)
+    before = [p.clone() for p in encoder.parameters()]
+    classifier = build(cfg.pretrain.classifier)(encoder=encoder, num_classes=10,
+                                                freeze_encoder=True)
+    optimizer = classifier.configure_optimizers()
+    x, y = digits_batch(32)
+    classifier.training_step((x, y), 0)  # logs outside a trainer are ignored
+    loss = torch.nn.functional.cross_entropy(classifier(x), y)
+    loss.backward()
+    optimizer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, encoder.parameters(), strict=True))
+
+
+def test_pretraining_needs_labels(tmp_path):
+    from genmodels.errors import GenmodelsError
+    from genmodels.pretraining import keep_labelled_subset
+
+    dm = DigitsDataModule()
+    with pytest.raises(GenmodelsError, match="num_labelled=5000"):
+        keep_labelled_subset(dm, 5000, seed=0)
+    keep_labelled_subset(dm, 50, seed=0)
+    assert len(dm.splits["train"][0]) == 50
+
+
+def test_autoencoder_samples_stay_within_the_codings_range(tmp_path):
+    model = build(compose_config(["model=linear_ae"], tmp_path).model).eval()
+    model.codings_low.fill_(-100.0)
+    model.codings_high.fill_(100.0)
+    images = model.sample(16)
+    assert images.min() >= 0 and images.max() <= 1  # linear decoder output is clipped
