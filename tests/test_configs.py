@@ -9,7 +9,6 @@ from genmodels.models import GenerativeModel
 
 from .conftest import CONF, ROOT, compose_config, run_train
 
-
 # Models that truly cannot work at a size, with the error they give.
 CANNOT_BUILD = {("dcgan64", 28): "needs image_size divisible by 16, got 28"}
 

@@ -12,8 +12,14 @@ from torch import nn
 from genmodels.errors import GenmodelsError
 from genmodels.models.base import GenerativeModel
 from genmodels.nn.gan_layers import ReplayBuffer, spectral_normalize
-from genmodels.nn.gan_losses import (PENALTIES, check_loss, discriminator_loss, generator_loss,
-                                     gradient_penalty, r1_penalty)
+from genmodels.nn.gan_losses import (
+    PENALTIES,
+    check_loss,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+    r1_penalty,
+)
 
 
 class GAN(GenerativeModel):
@@ -173,8 +179,9 @@ class GAN(GenerativeModel):
         z = self.randn(n, self.latent_dim, generator=generator)
         if self.num_classes is None:
             return network(z), None
-        if labels is None:
-            labels = torch.randint(0, self.num_classes, (n,), generator=generator)
+        if labels is None:  # classes drawn uniformly, on the device unless seeded on CPU
+            device = "cpu" if generator is not None else self.device
+            labels = torch.randint(0, self.num_classes, (n,), generator=generator, device=device)
         labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
         return network(z, labels), labels
 

@@ -2,9 +2,13 @@
 
 from genmodels.nn.conv import DCGANDiscriminator, DCGANGenerator, UpsampleGenerator
 from genmodels.nn.dense import DenseDecoder, DenseEncoder
-from genmodels.nn.gan_layers import (ConditionalDiscriminator, ConditionalGenerator,
-                                     DenseDiscriminator, MinibatchDiscrimination,
-                                     MinibatchStdDev)
+from genmodels.nn.gan_layers import (
+                                     ConditionalDiscriminator,
+                                     ConditionalGenerator,
+                                     DenseDiscriminator,
+                                     MinibatchDiscrimination,
+                                     MinibatchStdDev,
+)
 from genmodels.nn.layers import Dropout, make_activation
 from genmodels.nn.progan import GrowthSchedule, ProGANDiscriminator, ProGANGenerator
 from genmodels.nn.stylegan import StyleGANGenerator

@@ -17,8 +17,13 @@ from torch import nn
 
 from genmodels.errors import GenmodelsError
 from genmodels.nn.layers import make_activation
-from genmodels.nn.progan import (EqualizedConv2d, EqualizedLinear, PixelNorm, resolutions,
-                                 stage_widths)
+from genmodels.nn.progan import (
+    EqualizedConv2d,
+    EqualizedLinear,
+    PixelNorm,
+    resolutions,
+    stage_widths,
+)
 
 
 class MappingNetwork(nn.Sequential):
