@@ -31,8 +31,10 @@ VARIANTS = {
     "gan_upsample": ["model.generator.widths=[16,16]", "model.discriminator.widths=[16,16]"],
     "dcgan64": ["dataset.image_size=32", "model.generator.widths=[32,16,8,8]",
                 "model.discriminator.widths=[8,8,16,32]"],
-    "cgan": [],
-    "wgan_gp": ["trainer.precision=bf16-mixed"],
+    "cgan": ["model.generator.network.widths=[16,8]",
+             "model.discriminator.network.widths=[8,16]"],
+    "wgan_gp": ["trainer.precision=bf16-mixed", "model.generator.widths=[16,8]",
+                "model.discriminator.widths=[8,16]"],
     "progan": TINY_PROGAN,
     "stylegan": TINY_STYLEGAN,
     # Every switchable trick at once, on the DCGAN networks.
@@ -104,11 +106,12 @@ def test_each_gan_trains_with_phases_that_touch_only_their_network(variant, tmp_
 
 def test_max_steps_counts_generator_steps_with_several_critic_steps(tmp_path):
     recorder = RecordSteps()
-    gan, trainer = fit_tiny(["model=wgan_gp", "model.d_steps=3"], tmp_path, max_steps=4,
+    gan, trainer = fit_tiny(["model=wgan_gp", "model.d_steps=3", "model.generator.widths=[8,8]",
+                             "model.discriminator.widths=[8,8]"], tmp_path, max_steps=3,
                             callbacks=[recorder])
-    assert [name for name, *_ in recorder.steps] == ["D", "D", "D", "G"] * 4
-    assert gan.generator_steps == 4 and gan.discriminator_steps == 12
-    assert trainer.global_step == 16 and trainer.max_steps == 4
+    assert [name for name, *_ in recorder.steps] == ["D", "D", "D", "G"] * 3
+    assert gan.generator_steps == 3 and gan.discriminator_steps == 9
+    assert trainer.global_step == 12 and trainer.max_steps == 3
 
 
 def test_gan_losses_match_their_closed_forms_at_known_points():
@@ -259,7 +262,7 @@ class PoisonBatch(L.Callback):
 
 
 def test_a_diverging_gan_stops_clearly_and_keeps_its_last_good_checkpoint(tmp_path):
-    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=0)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1)
     with pytest.raises(GenmodelsError, match=r"diverged at generator step 2: the discrimin"
                                              r"ator loss is nan.*last good checkpoint is .*last"):
         cfg = compose_config(["model=gan", "dataset.batch_size=16"], tmp_path)

@@ -5,6 +5,7 @@ experience replay, spectral norm, label conditioning, generator EMA, progressive
 import copy
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -164,8 +165,10 @@ class GAN(GenerativeModel):
 
     def stop_diverged(self, network: str, loss: torch.Tensor, grad_norm: torch.Tensor):
         callback = self.trainer.checkpoint_callback
-        last = callback.last_model_path if callback is not None else ""
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+        saved = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder else []
+        kept = (f"the last good checkpoint is {saved[-1]}" if saved
+                else "no checkpoint was saved yet")
         raise GenmodelsError(
             f"Training diverged at generator step {self.generator_steps}: the {network} loss is"
             f" {loss.item():.4g} and its gradient norm {grad_norm.item():.4g}. The step was not"

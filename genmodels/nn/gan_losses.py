@@ -90,7 +90,7 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, scaler=None
     """WGAN-GP (Gulrajani et al., 2017, eq. 3): E[(||grad D(x_hat)|| - 1)^2] at random
     points x_hat on lines between real and fake images."""
     t = torch.rand(len(real), *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
-    x_hat = torch.lerp(fake.detach(), real.detach(), t).requires_grad_(True)
+    x_hat = torch.lerp(fake.detach().to(real.dtype), real.detach(), t).requires_grad_(True)
     grad = input_gradient(critic(x_hat), x_hat, scaler)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
 
