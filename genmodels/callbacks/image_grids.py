@@ -12,7 +12,8 @@ class ImageGrids(L.Callback):
     """Logs, at the end of every `every_n_epochs`-th validation epoch:
 
     - `samples`: `model.sample` on a fixed noise batch (the same seed every epoch, so the
-      grids show how the same codings evolve);
+      grids show how the same codings evolve); for conditional models (a `num_classes`
+      attribute) one row of 8 per class, from `sample(n, labels=...)`;
     - `reconstructions` (models with `reconstruct`): rows of inputs over their
       reconstructions, for a fixed set of validation images;
     - `denoising` (models that also have `corrupt`): rows of corrupted inputs, their
@@ -49,7 +50,13 @@ class ImageGrids(L.Callback):
         grids = {}
         if self.num_samples:
             generator = torch.Generator().manual_seed(self.seed)
-            grids["samples"] = pl_module.sample(self.num_samples, generator=generator)
+            num_classes = getattr(pl_module, "num_classes", None)
+            if num_classes:  # conditional model: one row of 8 per class
+                labels = torch.arange(num_classes).repeat_interleave(8)
+                grids["samples"] = pl_module.sample(len(labels), generator=generator,
+                                                    labels=labels)
+            else:
+                grids["samples"] = pl_module.sample(self.num_samples, generator=generator)
         if self.num_reconstructions and hasattr(pl_module, "reconstruct"):
             x = self.val_images.to(pl_module.device)
             pairs = torch.stack([x, pl_module.reconstruct(x)], dim=1)  # input over output

@@ -1,84 +1,283 @@
-"""Generative adversarial networks (Goodfellow et al., "Generative Adversarial Nets", 2014)."""
+"""Generative adversarial networks (Goodfellow et al., "Generative Adversarial Nets", 2014),
+with the variants of the GAN family as configuration: losses, penalties, step ratios,
+experience replay, spectral norm, label conditioning, generator EMA, progressive growing."""
 
+import copy
+import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from genmodels.errors import GenmodelsError
 from genmodels.models.base import GenerativeModel
+from genmodels.nn.gan_layers import ReplayBuffer, spectral_normalize
+from genmodels.nn.gan_losses import (
+    PENALTIES,
+    check_loss,
+    discriminator_loss,
+    generator_loss,
+    gradient_penalty,
+    r1_penalty,
+)
 
 
 class GAN(GenerativeModel):
-    """A generator G(z) and a discriminator D(x) (one logit per image) trained in turn.
+    """A generator G(z) and a discriminator D(x) (one raw output per image) trained in turn.
 
     Each batch runs the classic two-phase loop with Lightning's manual optimization:
-      1. D learns to label generated images 0 and real images 1 (G is not updated);
-      2. G learns to make the frozen D label its images 1 (the non-saturating loss).
-    Lightning's `global_step` counts optimizer steps, so it advances by 2 per batch.
+      1. D takes a step on real and generated images (G is not updated);
+      2. after every `d_steps`-th D step, G takes `g_steps` steps through the frozen D.
+
+    Step counting: Lightning's `global_step` counts optimizer steps (D's and G's), but in a
+    GAN `trainer.max_steps` means *generator* steps: at fit start it is converted to
+    optimizer steps, ceil(max_steps / g_steps) * (d_steps + g_steps), and restored after.
+    `generator_steps` and `discriminator_steps` are derived from `global_step`, so they
+    survive a resume from a checkpoint.
+
+    Options (all off by default except the non-saturating loss):
+      - `loss`: minimax, non_saturating, least_squares, hinge or wasserstein
+        (genmodels/nn/gan_losses.py); `label_smoothing`: one-sided, on real labels;
+      - `penalty`: gradient_penalty (WGAN-GP) or r1, weighted by `penalty_weight`;
+      - `half_batch`: each D step sees half a batch of reals and half a batch of fakes;
+      - `replay_capacity`/`replay_share`: experience replay of past fakes for D;
+      - `spectral_norm`: spectral normalization of every layer of D;
+      - `ema_decay`: keep an exponential moving average of G, used by `sample`;
+      - `num_classes`: conditional GAN; G and D are called as G(z, y) and D(x, y);
+      - `growth`: a progressive-growing schedule (genmodels/nn/progan.py) that sets the
+        resolution stage and fade-in of G and D from the number of images seen.
+    Training stops with a GenmodelsError, before the bad step is taken, when a loss or a
+    gradient norm is not finite.
     """
 
     progress_bar_metrics = ("d_loss", "g_loss")
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, latent_dim: int,
                  g_optimizer: Callable, d_optimizer: Callable, channels: int, image_size: int,
-                 value_range: list[float]):
+                 value_range: list[float], loss: str = "non_saturating",
+                 label_smoothing: float = 0.0, penalty: str | None = None,
+                 penalty_weight: float = 10.0, d_steps: int = 1, g_steps: int = 1,
+                 half_batch: bool = False, replay_capacity: int = 0, replay_share: float = 0.5,
+                 spectral_norm: bool = False, ema_decay: float | None = None,
+                 num_classes: int | None = None, growth=None):
         super().__init__(channels, image_size, value_range)
         self.automatic_optimization = False
-        self.generator, self.discriminator = generator, discriminator
-        self.latent_dim = latent_dim
+        check_loss(loss, label_smoothing)
+        if penalty is not None and penalty not in PENALTIES:
+            raise GenmodelsError(
+                f"Unknown penalty {penalty!r}; valid choices: {', '.join(PENALTIES)} or null.")
+        if d_steps < 1 or g_steps < 1:
+            raise GenmodelsError(f"d_steps and g_steps must be >= 1, got {d_steps}, {g_steps}.")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise GenmodelsError(f"ema_decay must be in (0, 1) or null, got {ema_decay!r}.")
+        if replay_capacity and num_classes:
+            raise GenmodelsError("Experience replay stores unlabelled fakes; it cannot be used "
+                                 "with a conditional GAN (num_classes set).")
+        self.generator = generator
+        self.discriminator = spectral_normalize(discriminator) if spectral_norm else discriminator
+        self.latent_dim, self.num_classes = latent_dim, num_classes
         self.g_optimizer_factory, self.d_optimizer_factory = g_optimizer, d_optimizer
+        self.loss, self.label_smoothing = loss, label_smoothing
+        self.penalty, self.penalty_weight = penalty, penalty_weight
+        self.d_steps, self.g_steps, self.half_batch = d_steps, g_steps, half_batch
+        self.replay = ReplayBuffer(replay_capacity, replay_share) if replay_capacity else None
+        self.ema_decay, self.growth = ema_decay, growth
+        self.generator_ema = None
+        if ema_decay is not None:
+            self.generator_ema = copy.deepcopy(generator).requires_grad_(False)
+        self._max_steps_as_set = None
+        self._labels_checked = False
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.generator(self.randn(n, self.latent_dim, generator=generator))
-
-    def discriminator_loss(self, real: torch.Tensor, fake: torch.Tensor):
-        """Binary cross-entropy of D on fakes (label 0) and reals (label 1), in one batch."""
-        logits = self.discriminator(torch.cat([fake, real])).float()
-        fake_logits, real_logits = logits.split([len(fake), len(real)])
-        loss = F.binary_cross_entropy_with_logits(
-            logits, torch.cat([torch.zeros_like(fake_logits), torch.ones_like(real_logits)])
-        )
-        accuracy = {"d_real_acc": (real_logits > 0).float().mean(),
-                    "d_fake_acc": (fake_logits < 0).float().mean()}
-        return loss, accuracy
-
-    def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy of D on fakes labelled real: G wants D to say 1."""
-        logits = self.discriminator(fake).float()
-        return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    # ----- the algorithm ------------------------------------------------------------------
 
     def training_step(self, batch, batch_idx):
-        real, _ = batch
-        n = len(real)
+        real, labels = self.real_batch(batch)
         d_optimizer, g_optimizer = self.optimizers()
+        if self.growth is not None:
+            self.grow(self.discriminator_steps * len(real))
 
-        # Phase 1: train the discriminator on fake (0) and real (1) images.
+        # Phase 1: one discriminator step on real and generated images (G frozen).
+        if self.half_batch:  # half a batch of each, as many images as a G step sees
+            real = real[: len(real) // 2]
+            labels = labels[: len(real)] if labels is not None else None
         with torch.no_grad():
-            fake = self.generator(self.randn(n, self.latent_dim))
+            fake, fake_labels = self.generate(len(real))
+        if self.replay is not None:
+            fake, fresh = self.replay.mix(fake), fake
+            self.replay.push(fresh)
         self.toggle_optimizer(d_optimizer)
-        d_loss, accuracy = self.discriminator_loss(real, fake)
-        d_optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(d_loss)
-        d_optimizer.step()
+        d_logs = self.discriminator_losses(real, labels, fake, fake_labels)
+        d_logs["d_grad_norm"] = self.take_step(d_optimizer, d_logs["d_loss"], "discriminator")
         self.untoggle_optimizer(d_optimizer)
+        self._log_losses(d_logs, "train", len(real))
 
-        # Phase 2: train the generator through the frozen discriminator, all labels 1.
-        self.toggle_optimizer(g_optimizer)
-        g_loss = self.generator_loss(self.generator(self.randn(n, self.latent_dim)))
-        g_optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(g_loss)
-        g_optimizer.step()
-        self.untoggle_optimizer(g_optimizer)
+        # Phase 2: after every `d_steps`-th D step, G steps through the frozen D.
+        if self.discriminator_steps % self.d_steps:
+            return
+        for _ in range(self.g_steps):
+            self.toggle_optimizer(g_optimizer)
+            fake, fake_labels = self.generate(len(batch[0]))
+            g_logs = {"g_loss": generator_loss(self.loss,
+                                               self.discriminate(fake, fake_labels))}
+            g_logs["g_grad_norm"] = self.take_step(g_optimizer, g_logs["g_loss"], "generator")
+            self.untoggle_optimizer(g_optimizer)
+            self.update_generator_ema()
+        self._log_losses(g_logs, "train", len(fake))
 
-        self._log_losses({"d_loss": d_loss, "g_loss": g_loss, **accuracy}, "train", n)
+    def discriminator_losses(self, real, labels, fake, fake_labels) -> dict[str, torch.Tensor]:
+        """D's loss (plus penalty) and what D says about reals and fakes."""
+        real_out = self.discriminate(real, labels).float()
+        fake_out = self.discriminate(fake, fake_labels).float()
+        logs = {"d_loss": discriminator_loss(self.loss, real_out, fake_out, self.label_smoothing)}
+        if self.penalty is not None and torch.is_grad_enabled():
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            if self.penalty == "gradient_penalty":
+                penalty = gradient_penalty(lambda x: self.discriminate(x, labels), real, fake,
+                                           scaler)
+            else:
+                penalty = r1_penalty(lambda x: self.discriminate(x, labels), real, scaler)
+            logs["penalty"] = penalty
+            logs["d_loss"] = logs["d_loss"] + self.penalty_weight * penalty
+        logs |= {"d_real": real_out.mean(), "d_fake": fake_out.mean(),
+                 "d_real_acc": (real_out > 0).float().mean(),
+                 "d_fake_acc": (fake_out < 0).float().mean()}
+        return logs
+
+    def take_step(self, optimizer, loss: torch.Tensor, network: str) -> torch.Tensor:
+        """Backward, refuse to step on a non-finite loss or gradient, step; the grad norm."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        params = [p for group in optimizer.param_groups for p in group["params"]
+                  if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None:
+            # 16-mixed: grads are scaled, and inf grads are normal (the scaler skips them).
+            grad_norm = grad_norm / scaler.get_scale()
+            finite = torch.isfinite(loss)
+        else:
+            finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        if not finite:
+            self.stop_diverged(network, loss, grad_norm)
+        optimizer.step()
+        return grad_norm
+
+    def stop_diverged(self, network: str, loss: torch.Tensor, grad_norm: torch.Tensor):
+        callback = self.trainer.checkpoint_callback
+        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+        saved = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder else []
+        kept = (f"the last good checkpoint is {saved[-1]}" if saved
+                else "no checkpoint was saved yet")
+        raise GenmodelsError(
+            f"Training diverged at generator step {self.generator_steps}: the {network} loss is"
+            f" {loss.item():.4g} and its gradient norm {grad_norm.item():.4g}. The step was not"
+            f" taken and {kept}; try lower learning rates, a gradient penalty or spectral norm.")
+
+    # ----- generator, discriminator, sampling ----------------------------------------------
+
+    def generate(self, n: int, network: nn.Module | None = None, generator=None, labels=None):
+        """n images from `network` (G by default) and the labels they were asked for."""
+        network = self.generator if network is None else network
+        z = self.randn(n, self.latent_dim, generator=generator)
+        if self.num_classes is None:
+            return network(z), None
+        if labels is None:  # classes drawn uniformly, on the device unless seeded on CPU
+            device = "cpu" if generator is not None else self.device
+            labels = torch.randint(0, self.num_classes, (n,), generator=generator, device=device)
+        labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
+        return network(z, labels), labels
+
+    def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if self.num_classes is None:
+            return self.discriminator(images)
+        return self.discriminator(images, labels)
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               labels: torch.Tensor | list[int] | None = None) -> torch.Tensor:
+        """n images (from the EMA generator when on); a conditional GAN draws the classes
+        in `labels` (n of them; by default 0, 1, ..., num_classes - 1, 0, 1, ...)."""
+        if self.num_classes is None:
+            if labels is not None:
+                raise GenmodelsError("labels were given, but this GAN is not conditional "
+                                     "(num_classes is not set); use model=cgan.")
+        else:
+            if labels is None:
+                labels = torch.arange(n) % self.num_classes
+            labels = torch.as_tensor(labels, dtype=torch.long)
+            if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
+                raise GenmodelsError(f"labels must be {n} class indices in [0, "
+                                     f"{self.num_classes}), got {labels.tolist()}.")
+        network = self.generator_ema if self.generator_ema is not None else self.generator
+        return self.generate(n, network, generator, labels)[0]
+
+    @torch.no_grad()
+    def update_generator_ema(self):
+        """ema <- decay * ema + (1 - decay) * G, for G's weights; buffers are copied."""
+        if self.generator_ema is None:
+            return
+        ema, live = self.generator_ema, self.generator
+        torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()),
+                             1.0 - self.ema_decay)
+        for ema_buffer, buffer in zip(ema.buffers(), live.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
+
+    def grow(self, images_seen: int) -> None:
+        """Progressive growing: set the stage and fade-in of G (and its EMA) and D."""
+        stage, alpha = self.growth.at(images_seen)
+        for network in (self.generator, self.generator_ema, self.discriminator):
+            if network is not None:
+                network.set_stage(stage, alpha)
+
+    def real_batch(self, batch):
+        """The real images, and their labels when the GAN is conditional (checked once)."""
+        images, labels = batch
+        if self.num_classes is None:
+            return images, None
+        if not self._labels_checked:
+            if labels.min() < 0:
+                raise GenmodelsError("A conditional GAN needs class labels, but this dataset "
+                                     "has none (labels are -1); use a labelled dataset such "
+                                     "as digits, mnist, fashion or cifar10.")
+            if labels.max() >= self.num_classes:
+                raise GenmodelsError(f"The dataset has labels up to {int(labels.max())}, but "
+                                     f"model.num_classes is {self.num_classes}.")
+            self._labels_checked = True
+        return images, labels
+
+    # ----- step counting ---------------------------------------------------------------------
+
+    @property
+    def generator_steps(self) -> int:
+        cycle = self.d_steps + self.g_steps
+        return (self.global_step // cycle * self.g_steps
+                + max(0, self.global_step % cycle - self.d_steps))
+
+    @property
+    def discriminator_steps(self) -> int:
+        cycle = self.d_steps + self.g_steps
+        return self.global_step // cycle * self.d_steps + min(self.global_step % cycle,
+                                                               self.d_steps)
+
+    def on_fit_start(self):
+        loop = self.trainer.fit_loop.epoch_loop
+        self._max_steps_as_set = loop.max_steps
+        if loop.max_steps > 0:  # generator steps -> optimizer steps
+            cycles = math.ceil(loop.max_steps / self.g_steps)
+            loop.max_steps = cycles * (self.d_steps + self.g_steps)
+
+    def on_fit_end(self):
+        self.trainer.fit_loop.epoch_loop.max_steps = self._max_steps_as_set
+
+    # ----- evaluation, optimizers ------------------------------------------------------------
 
     def losses(self, batch) -> dict[str, torch.Tensor]:
         """Both players' losses on held-out real images and fresh fakes."""
-        real, _ = batch
-        fake = self.sample(len(real))
-        d_loss, accuracy = self.discriminator_loss(real, fake)
-        return {"d_loss": d_loss, "g_loss": self.generator_loss(fake), **accuracy}
+        real, labels = self.real_batch(batch)
+        fake, fake_labels = self.generate(len(real), self.generator_ema)
+        logs = self.discriminator_losses(real, labels, fake, fake_labels)
+        logs["g_loss"] = generator_loss(self.loss, self.discriminate(fake, fake_labels))
+        return logs
 
     def configure_optimizers(self):
         # Named parameter groups give the learning-rate monitor readable names.

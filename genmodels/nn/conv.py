@@ -9,6 +9,7 @@ from torch import nn
 
 from genmodels.errors import GenmodelsError
 from genmodels.nn.dense import mlp
+from genmodels.nn.gan_layers import MinibatchStdDev, batch_statistics_head
 from genmodels.nn.layers import Dropout, check_image_shape, init_for_activation, make_activation
 
 
@@ -62,21 +63,70 @@ class DCGANGenerator(nn.Module):
         return self.net(z)
 
 
-class DCGANDiscriminator(nn.Module):
-    """image -> stride-2 convs (activation, dropout) -> flatten -> one logit per image."""
+class UpsampleGenerator(nn.Module):
+    """z -> dense -> (widths[0], s, s) -> [nearest upsample x2 -> conv] per width -> conv to
+    the image's channels (kernel `output_kernel_size`).
 
-    def __init__(self, channels: int, image_size: int, widths: list[int] = (64, 128),
-                 kernel_size: int = 5, activation: str = "leaky_relu", dropout: float = 0.4):
+    Upsampling followed by a stride-1 conv avoids the checkerboard artefacts of strided
+    transposed convs (Odena et al., 2016). s = image_size / 2**len(widths).
+    """
+
+    def __init__(self, latent_dim: int, channels: int, image_size: int,
+                 widths: list[int] = (128, 128), kernel_size: int = 3,
+                 activation: str = "leaky_relu", output_kernel_size: int = 7,
+                 output_activation: str = "sigmoid"):
         super().__init__()
         check_image_shape(channels, image_size)
+        factor = 2 ** len(widths)
+        if image_size % factor:
+            raise GenmodelsError(
+                f"UpsampleGenerator with {len(widths)} upsampling layers needs image_size "
+                f"divisible by {factor}, got {image_size}.")
+        start = image_size // factor
+        layers: list[nn.Module] = [nn.Linear(latent_dim, widths[0] * start * start),
+                                   make_activation(activation),
+                                   nn.Unflatten(1, (widths[0], start, start))]
+        for n_in, n_out in zip(widths, widths, strict=True):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                       nn.Conv2d(n_in, n_out, kernel_size, padding=same_padding(kernel_size)),
+                       make_activation(activation)]
+        layers += [nn.Conv2d(widths[-1], channels, output_kernel_size,
+                             padding=same_padding(output_kernel_size)),
+                   make_activation(output_activation)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class DCGANDiscriminator(nn.Module):
+    """image -> stride-2 convs (activation, dropout) -> flatten -> one logit per image.
+
+    `batch_norm` adds batch norm after every conv but the first (the DCGAN guidelines);
+    `minibatch_stddev` appends the batch-variation channel before the flatten and
+    `minibatch_kernels` (> 0) adds minibatch discrimination before the final dense layer.
+    """
+
+    def __init__(self, channels: int, image_size: int, widths: list[int] = (64, 128),
+                 kernel_size: int = 5, activation: str = "leaky_relu", dropout: float = 0.4,
+                 batch_norm: bool = False, minibatch_stddev: bool = False,
+                 minibatch_kernels: int = 0):
+        super().__init__()
+        check_image_shape(channels, image_size, any_channels=True)
         pad = same_padding(kernel_size)
         layers: list[nn.Module] = []
         size = image_size
-        for n_in, n_out in zip([channels, *widths[:-1]], widths, strict=True):
-            layers += [nn.Conv2d(n_in, n_out, kernel_size, stride=2, padding=pad),
-                       make_activation(activation), Dropout(dropout)]
+        for i, (n_in, n_out) in enumerate(zip([channels, *widths[:-1]], widths, strict=True)):
+            layers.append(nn.Conv2d(n_in, n_out, kernel_size, stride=2, padding=pad))
+            if batch_norm and i > 0:
+                layers.append(nn.BatchNorm2d(n_out))
+            layers += [make_activation(activation), Dropout(dropout)]
             size = (size - 1) // 2 + 1  # ceil(size / 2) for a 'same'-padded stride-2 conv
-        layers += [nn.Flatten(), nn.Linear(widths[-1] * size * size, 1)]
+        if minibatch_stddev:
+            layers.append(MinibatchStdDev())
+        head, width = batch_statistics_head((widths[-1] + minibatch_stddev) * size * size,
+                                            minibatch_kernels)
+        layers += [nn.Flatten(), head, nn.Linear(width, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

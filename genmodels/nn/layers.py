@@ -38,8 +38,10 @@ def init_for_activation(layer: nn.Module, activation: str | None) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def check_image_shape(channels: int, image_size: int) -> None:
-    if channels not in (1, 3):
+def check_image_shape(channels: int, image_size: int, any_channels: bool = False) -> None:
+    """Images have 1 or 3 channels; `any_channels` admits inputs with extra channels (such
+    as a conditional discriminator's label maps)."""
+    if channels not in (1, 3) and not (any_channels and channels >= 1):
         raise GenmodelsError(f"channels must be 1 or 3, got {channels!r}.")
     if image_size < 4:
         raise GenmodelsError(f"image_size must be at least 4, got {image_size!r}.")

@@ -1,0 +1,276 @@
+"""The GAN family: every model trains with only its own network changing in each phase,
+max_steps counts generator steps, and the tricks do what their papers say."""
+
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torchvision.io import read_image
+
+from genmodels.callbacks import ImageGrids
+from genmodels.config import build
+from genmodels.errors import GenmodelsError
+from genmodels.nn import MinibatchDiscrimination, MinibatchStdDev
+from genmodels.nn.gan_layers import ReplayBuffer
+from genmodels.nn.gan_losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
+from genmodels.nn.progan import GrowthSchedule, ProGANDiscriminator, ProGANGenerator
+from genmodels.nn.stylegan import StyleGANGenerator
+
+from .conftest import compose_config
+
+TINY_PROGAN = ["model.generator.max_width=16", "model.generator.min_width=8",
+               "model.latent_dim=16", "model.growth.fade_images=32",
+               "model.growth.stable_images=32"]
+TINY_STYLEGAN = ["model.generator.max_width=16", "model.generator.min_width=8",
+                 "model.generator.mapping_layers=2", "model.latent_dim=16"]
+VARIANTS = {
+    "gan": [],
+    "gan_upsample": ["model.generator.widths=[16,16]", "model.discriminator.widths=[16,16]"],
+    "dcgan64": ["dataset.image_size=32", "model.generator.widths=[32,16,8,8]",
+                "model.discriminator.widths=[8,8,16,32]"],
+    "cgan": ["model.generator.network.widths=[16,8]",
+             "model.discriminator.network.widths=[8,16]"],
+    "wgan_gp": ["trainer.precision=bf16-mixed", "model.generator.widths=[16,8]",
+                "model.discriminator.widths=[8,16]"],
+    "progan": TINY_PROGAN,
+    "stylegan": TINY_STYLEGAN,
+    # Every switchable trick at once, on the DCGAN networks.
+    "dcgan": ["model.loss=least_squares", "model.label_smoothing=0.1", "model.penalty=r1",
+              "model.penalty_weight=1.0", "model.replay_capacity=64", "model.spectral_norm=true",
+              "model.ema_decay=0.9", "model.g_steps=2",
+              "+model.discriminator.minibatch_stddev=true",
+              "+model.discriminator.minibatch_kernels=8"],
+}
+
+
+class RecordSteps(L.Callback):
+    """For every optimizer step: which network it belonged to, and whether D's and G's
+    weights changed in it."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_start(self, trainer, gan):
+        def weights():
+            return ([p.detach().clone() for p in gan.discriminator.parameters()],
+                    [p.detach().clone() for p in gan.generator.parameters()])
+
+        def changed(before, after):
+            return any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+        for name, optimizer in zip(("D", "G"), trainer.optimizers, strict=True):
+            def pre(*args, name=name):
+                self.before = weights()
+
+            def post(*args, name=name):
+                (d0, g0), (d1, g1) = self.before, weights()
+                self.steps.append((name, changed(d0, d1), changed(g0, g1)))
+
+            optimizer.register_step_pre_hook(pre)
+            optimizer.register_step_post_hook(post)
+
+
+def fit_tiny(overrides, tmp_path, max_steps=2, callbacks=()):
+    cfg = compose_config(["dataset.batch_size=16", *overrides], tmp_path)
+    gan = build(cfg.model)
+    trainer = L.Trainer(max_steps=max_steps, limit_val_batches=0, logger=False,
+                        callbacks=list(callbacks), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", precision=cfg.trainer.precision)
+    trainer.fit(gan, build(cfg.dataset))
+    return gan, trainer
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_each_gan_trains_with_phases_that_touch_only_their_network(variant, tmp_path):
+    recorder = RecordSteps()
+    gan, trainer = fit_tiny([f"model={variant}", *VARIANTS[variant]], tmp_path,
+                            callbacks=[recorder])
+    # trainer.max_steps=2 means two generator steps, however many D steps each needs.
+    d_steps = [s for s in recorder.steps if s[0] == "D"]
+    g_steps = [s for s in recorder.steps if s[0] == "G"]
+    assert len(g_steps) == 2 and len(d_steps) == 2 * gan.d_steps // gan.g_steps
+    assert gan.generator_steps == 2 and trainer.max_steps == 2
+    assert all(d_changed and not g_changed for _, d_changed, g_changed in d_steps)
+    assert all(g_changed and not d_changed for _, d_changed, g_changed in g_steps)
+    assert all(math.isfinite(v) for v in trainer.callback_metrics.values())
+    assert {"train/d_loss", "train/g_loss", "train/d_real", "train/d_fake",
+            "train/d_grad_norm", "train/g_grad_norm"} <= set(trainer.callback_metrics)
+    images = gan.eval().sample(3)
+    channels, size = (1, 32) if variant == "dcgan64" else (1, 28)
+    assert images.shape == (3, channels, size, size) and torch.isfinite(images).all()
+
+
+def test_max_steps_counts_generator_steps_with_several_critic_steps(tmp_path):
+    recorder = RecordSteps()
+    gan, trainer = fit_tiny(["model=wgan_gp", "model.d_steps=3", "model.generator.widths=[8,8]",
+                             "model.discriminator.widths=[8,8]"], tmp_path, max_steps=3,
+                            callbacks=[recorder])
+    assert [name for name, *_ in recorder.steps] == ["D", "D", "D", "G"] * 3
+    assert gan.generator_steps == 3 and gan.discriminator_steps == 9
+    assert trainer.global_step == 12 and trainer.max_steps == 3
+
+
+def test_gan_losses_match_their_closed_forms_at_known_points():
+    zero, two = torch.zeros(4), torch.full((4,), 2.0)
+    assert discriminator_loss("minimax", zero, zero).item() == pytest.approx(math.log(2))
+    assert generator_loss("minimax", zero).item() == pytest.approx(-math.log(2))
+    assert generator_loss("non_saturating", zero).item() == pytest.approx(math.log(2))
+    assert discriminator_loss("least_squares", zero, zero).item() == pytest.approx(0.5)
+    assert discriminator_loss("least_squares", zero, zero, 0.5).item() == pytest.approx(0.125)
+    assert generator_loss("least_squares", two).item() == pytest.approx(0.5)
+    assert discriminator_loss("hinge", zero, zero).item() == pytest.approx(2.0)
+    assert discriminator_loss("hinge", two, -two).item() == 0.0
+    assert discriminator_loss("wasserstein", two, zero).item() == pytest.approx(-2.0)
+    assert generator_loss("hinge", two).item() == generator_loss("wasserstein", two).item() == -2
+    with pytest.raises(GenmodelsError, match="valid choices: minimax"):
+        generator_loss("vanilla", zero)
+    with pytest.raises(GenmodelsError, match="label_smoothing"):
+        discriminator_loss("hinge", zero, zero, 0.1)
+
+
+def test_penalties_on_a_linear_critic_with_gradient_norm_two():
+    weight = torch.zeros(1, 3, 2, 2)
+    weight[0, 0, 0, 0] = 2.0
+
+    def critic(x):
+        return (x * weight).flatten(1).sum(1)
+
+    real, fake = torch.randn(5, 3, 2, 2), torch.randn(5, 3, 2, 2)
+    assert gradient_penalty(critic, real, fake).item() == pytest.approx(1.0)  # (2 - 1)^2
+    assert r1_penalty(critic, real).item() == pytest.approx(4.0)  # 2^2
+
+
+def test_minibatch_layers_see_the_variation_across_the_batch():
+    same = torch.ones(8, 3, 4, 4)
+    stat = MinibatchStdDev(group_size=4)(same)
+    assert stat.shape == (8, 4, 4, 4) and stat[:, 3].abs().max() < 1e-3
+    varied = MinibatchStdDev(group_size=4)(torch.randn(8, 3, 4, 4))
+    assert varied[:, 3].min() > 0.1
+    layer = MinibatchDiscrimination(in_features=6, kernels=5, kernel_dim=3)
+    out = layer(torch.ones(4, 6))
+    # Identical examples: each is at L1 distance 0 from the 3 others: exp(0) * 3.
+    assert out.shape == (4, 11) and torch.allclose(out[:, 6:], torch.full((4, 5), 3.0))
+
+
+def test_replay_draws_part_of_each_batch_from_the_buffer():
+    buffer = ReplayBuffer(capacity=8, share=0.5)
+    fresh = torch.zeros(6, 1, 2, 2)
+    assert buffer.mix(fresh) is fresh  # nothing stored yet
+    buffer.push(torch.full((8, 1, 2, 2), 7.0))
+    mixed = buffer.mix(fresh)
+    assert mixed.shape == fresh.shape
+    assert (mixed[:3] == 0).all() and (mixed[3:] == 7).all()
+    buffer.push(torch.full((3, 1, 2, 2), 5.0))  # first in, first out
+    assert (buffer.images == 5).flatten(1).all(1).sum() == 3 and buffer.filled == 8
+
+
+def test_progressive_growing_follows_its_schedule(tmp_path):
+    schedule = GrowthSchedule(fade_images=32, stable_images=32)
+    assert [schedule.at(k) for k in (0, 31, 32, 48, 64, 96, 112)] == [
+        (0, 1.0), (0, 1.0), (1, 0.0), (1, 0.5), (1, 1.0), (2, 0.0), (2, 0.5)]
+    # Batches of 16: the 8th D step starts after 112 images, at stage 2 half faded in.
+    gan, _ = fit_tiny(["model=progan", *TINY_PROGAN], tmp_path, max_steps=8)
+    for network in (gan.generator, gan.generator_ema, gan.discriminator):
+        assert (network.stage, network.alpha, network.resolution) == (2, 0.5, 16)
+    assert gan.discriminator.stage_alpha.tolist() == [2.0, 0.5]  # saved in checkpoints
+
+
+def test_fade_in_blends_the_new_block_with_the_previous_stage():
+    torch.manual_seed(0)
+    g = ProGANGenerator(8, 1, 28, max_width=8, min_width=8, output_activation="identity")
+    d = ProGANDiscriminator(1, 28, max_width=8, min_width=8)
+    z, x = torch.randn(4, 8), torch.randn(4, 1, 28, 28)
+
+    def at(network, stage, alpha, inputs):
+        network.set_stage(stage, alpha)
+        return network(inputs)
+
+    assert torch.allclose(at(g, 1, 0.0, z), at(g, 0, 1.0, z), atol=1e-5)
+    assert torch.allclose(at(d, 1, 0.0, x), at(d, 0, 1.0, x), atol=1e-5)
+    blend = (at(g, 1, 0.0, z) + at(g, 1, 1.0, z)) / 2
+    assert torch.allclose(at(g, 1, 0.5, z), blend, atol=1e-5)
+    assert not torch.allclose(at(g, 1, 1.0, z), at(g, 1, 0.0, z))
+
+
+def test_style_mixing_switches_to_a_second_coding_at_one_layer():
+    torch.manual_seed(0)
+    g = StyleGANGenerator(8, 1, 16, mapping_layers=2, max_width=8, min_width=8, mixing_prob=1)
+    z = torch.randn(6, 8)
+    styles = g.train().styles(z)
+    own = g.mapping(z)
+    assert styles.shape == (6, g.num_styles, 8)
+    for image, w in zip(styles, own, strict=True):
+        first = torch.isclose(image, w).all(1)
+        crossover = int(first.long().argmin())
+        assert 0 < crossover and first[:crossover].all() and not first[crossover:].any()
+        assert torch.equal(image[crossover:], image[crossover].expand_as(image[crossover:]))
+    assert torch.allclose(g.eval().styles(z), own[:, None].expand_as(styles))  # no mixing
+
+
+def test_cgan_samples_follow_the_requested_labels(tmp_path):
+    gan = build(compose_config(["model=cgan"], tmp_path).model).eval()
+    assert gan.sample(3, labels=[0, 5, 9]).shape == (3, 1, 28, 28)
+    assert gan.sample(12).shape == (12, 1, 28, 28)
+    twos = gan.sample(4, torch.Generator().manual_seed(0), labels=[2] * 4)
+    sevens = gan.sample(4, torch.Generator().manual_seed(0), labels=[7] * 4)
+    assert not torch.allclose(twos, sevens)  # same noise, other class
+    with pytest.raises(GenmodelsError, match=r"3 class indices in \[0, 10\)"):
+        gan.sample(3, labels=[0, 1, 10])
+    with pytest.raises(GenmodelsError, match="not conditional"):
+        build(compose_config(["model=dcgan"], tmp_path).model).sample(2, labels=[1, 2])
+    with pytest.raises(GenmodelsError, match="needs class labels, but this dataset has none"):
+        gan.real_batch((torch.zeros(4, 1, 28, 28), torch.full((4,), -1)))
+
+
+def test_conditional_sample_grid_has_one_row_per_class(tmp_path):
+    gan = build(compose_config(["model=cgan"], tmp_path).model)
+    trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=0,
+                              loggers=[])
+    ImageGrids(save_dir=str(tmp_path)).on_validation_epoch_end(trainer, gan)
+    grid = read_image(str(tmp_path / "samples_epoch0000.png"))
+    assert grid.shape[1:] == (10 * 30 + 2, 8 * 30 + 2)  # 10 rows of 8, 2-pixel padding
+
+
+def test_ema_generator_averages_and_is_used_for_sampling(tmp_path):
+    gan = build(compose_config(["model=dcgan", "model.ema_decay=0.75"], tmp_path).model)
+    for p in gan.generator_ema.parameters():
+        p.data.zero_()
+    gan.update_generator_ema()
+    for ema, live in zip(gan.generator_ema.parameters(), gan.generator.parameters(),
+                         strict=True):
+        assert torch.allclose(ema, 0.25 * live)
+    gan.eval()
+    z = torch.randn(2, 100, generator=torch.Generator().manual_seed(1))
+    sample = gan.sample(2, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(sample, gan.generator_ema(z))
+    assert not torch.allclose(sample, gan.generator(z))
+
+
+class PoisonBatch(L.Callback):
+    """Turns the real images of one batch into NaNs, as a diverging run would."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, gan, batch, batch_idx):
+        if trainer.current_epoch == self.epoch:
+            batch[0].fill_(float("nan"))
+
+
+def test_a_diverging_gan_stops_clearly_and_keeps_its_last_good_checkpoint(tmp_path):
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1)
+    with pytest.raises(GenmodelsError, match=r"diverged at generator step 2: the discrimin"
+                                             r"ator loss is nan.*last good checkpoint is .*last"):
+        cfg = compose_config(["model=gan", "dataset.batch_size=16"], tmp_path)
+        trainer = L.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=0,
+                            logger=False, callbacks=[checkpoints, PoisonBatch(epoch=1)],
+                            enable_progress_bar=False, enable_model_summary=False,
+                            accelerator="cpu")
+        trainer.fit(build(cfg.model), build(cfg.dataset))
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert saved["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
