@@ -2,6 +2,7 @@
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from genmodels.errors import GenmodelsError
 
@@ -18,3 +19,13 @@ def build(node, **kwargs):
                 raise cause from None
             cause = cause.__cause__
         raise
+
+
+def if_resuming(resume, resuming_value, fresh_value):
+    """Config resolver: `${if_resuming:${resume},a,b}` is a when resume=<run dir> is set.
+    conf/hydra/default.yaml uses it to keep a resumed run in its own directory."""
+    return resuming_value if resume else fresh_value
+
+
+# Registered on import (train.py imports this module before Hydra composes the config).
+OmegaConf.register_new_resolver("if_resuming", if_resuming, replace=True)
