@@ -36,13 +36,13 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GenerativeModel:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The newest checkpoint of a run: `last.ckpt`, or `interrupted.ckpt` when a signal or
-    an error stopped the run after its last epoch ended."""
+    """The newest checkpoint of a run: `last.ckpt`, `interrupted.ckpt` when a signal or an
+    error stopped the run after its last epoch, or Lightning's SLURM `hpc_ckpt_N.ckpt`."""
     run_dir = Path(run_dir)
-    checkpoints = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    checkpoints = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
     if not checkpoints:
         raise GenmodelsError(f"resume={str(run_dir)!r} has no checkpoints/*.ckpt to continue from.")
-    return checkpoints[-1]
+    return max(checkpoints, key=lambda path: path.stat().st_mtime)
 
 
 def resumed_config(cfg: DictConfig) -> DictConfig:

@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import lightning as L
@@ -12,9 +13,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from genmodels.callbacks import ConfigInCheckpoint, RNGStateInCheckpoint
-from genmodels.config import build
+from genmodels.config import build, check_override_types
 from genmodels.errors import GenmodelsError
-from genmodels.runs import check_checkpoint, resumed_config
+from genmodels.runs import check_checkpoint, latest_checkpoint, resumed_config
 from genmodels.speed import configure_backends, optimize_model
 
 log = logging.getLogger(__name__)
@@ -29,24 +30,30 @@ def choose_strategy(strategy, model: L.LightningModule):
 
 
 def check_fresh_output_dir(cfg: DictConfig, output_dir: Path) -> None:
-    """Refuse to train over another run's checkpoints, unless continuing that run:
-    `resume`/`ckpt_path`, or a SLURM job requeued by Lightning (its `hpc_ckpt_N.ckpt`
-    in the run directory, which the Trainer then loads by itself)."""
-    if cfg.get("ckpt_path") is not None or any(output_dir.glob("hpc_ckpt_*.ckpt")):
-        return
+    """Refuse to train over another run's checkpoints, unless continuing that run."""
     checkpoint_dir = output_dir / "checkpoints"
-    if any(checkpoint_dir.glob("*.ckpt")):
+    if cfg.get("ckpt_path") is None and any(checkpoint_dir.glob("*.ckpt")):
         raise GenmodelsError(
             f"{checkpoint_dir} already holds checkpoints; refusing to overwrite them. "
             f"Start a new run directory, or continue this run with resume={output_dir}."
         )
 
 
+def requeued_on_slurm(output_dir: Path) -> bool:
+    """A SLURM job requeued after pre-emption or a time limit runs again in its own
+    directory: it then continues from that run's newest checkpoint."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    return restarts > 0 and any(output_dir.glob("**/*.ckpt"))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train `cfg.model` on `cfg.dataset`; return the final metrics (val/..., test/...)."""
+    check_override_types()
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("ckpt_path") is None and requeued_on_slurm(output_dir):
+        cfg.ckpt_path = str(latest_checkpoint(output_dir))
     check_fresh_output_dir(cfg, output_dir)
     configure_backends(cfg.get("speed"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)

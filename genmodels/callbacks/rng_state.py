@@ -24,7 +24,8 @@ class RNGStateInCheckpoint(L.Callback):
         checkpoint[self.key] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": np.random.get_state(),
+            # As plain types and tensors: Lightning loads checkpoints with weights_only=True.
+            "numpy": numpy_state_to_torch(np.random.get_state()),
             "python": random.getstate(),
         }
 
@@ -35,5 +36,15 @@ class RNGStateInCheckpoint(L.Callback):
         torch.set_rng_state(states["torch"])
         if states["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
-        np.random.set_state(states["numpy"])
+        np.random.set_state(numpy_state_from_torch(states["numpy"]))
         random.setstate(states["python"])
+
+
+def numpy_state_to_torch(state: tuple) -> tuple:
+    name, keys, position, has_gauss, cached_gaussian = state
+    return name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian
+
+
+def numpy_state_from_torch(state: tuple) -> tuple:
+    name, keys, position, has_gauss, cached_gaussian = state
+    return name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian
