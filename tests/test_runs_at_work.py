@@ -157,3 +157,15 @@ def test_optuna_sweep_with_joblib_records_a_diverged_trial_and_goes_on(tmp_path)
     assert "model.optimizer.lr: 0.001" in results
     for job in sweep.glob("[01]_vae_digits"):
         assert (job / ".hydra" / "config.yaml").exists() and (job / "summary.json").exists()
+
+
+def test_benchmark_prints_framework_and_bare_loop_speeds(capsys):
+    from genmodels import bench
+
+    result = bench.main(["model=vae", "trainer=cpu", "trainer.enable_progress_bar=false",
+                         "dataset.batch_size=64", "--steps", "6", "--warmup", "2",
+                         "--rounds", "1"])
+    assert result["framework"] > 0 and result["bare"] > 0
+    assert result["ratio"] == pytest.approx(result["framework"] / result["bare"])
+    output = capsys.readouterr().out
+    assert "framework" in output and "bare PyTorch loop" in output and "ratio" in output
