@@ -27,21 +27,24 @@ def weights(run_dir: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "checkpoints" / name, weights_only=False)["state_dict"]
 
 
+def weights_step(run_dir: Path) -> int:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+
+
 @pytest.mark.parametrize("model", ["vae", pytest.param("dcgan", marks=pytest.mark.slow)])
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(model, tmp_path):
     # Image grids stay on: their fixed noise must not disturb the training noise.
-    args = [f"model={model}", *TINY, "logger=csv"]
-    train(compose_config([*args, "trainer.max_epochs=3"], tmp_path / "straight"))
+    args = [f"model={model}", *TINY, "logger=csv", "trainer.limit_train_batches=3"]
+    train(compose_config([*args, "trainer.max_epochs=2"], tmp_path / "straight"))
     train(compose_config([*args, "trainer.max_epochs=1"], tmp_path / "resumed"))
-    train(compose_config([f"resume={tmp_path / 'resumed'}", "trainer.max_epochs=3"],
+    train(compose_config([f"resume={tmp_path / 'resumed'}", "trainer.max_epochs=2"],
                          tmp_path / "resumed"))
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    # The same directory and logs were continued: one metrics file with all 3 epochs.
+    # The same directory and logs were continued.
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
-    assert summary["epochs"] == 3
-    assert (tmp_path / "resumed" / "csv" / "metrics.csv").read_text().count("\n") > 3
+    assert summary["epochs"] == 2 and summary["global_step"] == weights_step(tmp_path / "straight")
 
 
 class SendSignal(L.Callback):
@@ -166,6 +169,6 @@ def test_benchmark_prints_framework_and_bare_loop_speeds(capsys):
                          "dataset.batch_size=64", "--steps", "6", "--warmup", "2",
                          "--rounds", "1"])
     assert result["framework"] > 0 and result["bare"] > 0
-    assert result["ratio"] == pytest.approx(result["framework"] / result["bare"])
+    assert result["ratio"] == pytest.approx(result["framework"] / result["bare"])  # 1 round
     output = capsys.readouterr().out
     assert "framework" in output and "bare PyTorch loop" in output and "ratio" in output
