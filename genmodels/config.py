@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
+from omegaconf import OmegaConf
 
 from genmodels.errors import GenmodelsError
 
@@ -32,3 +33,67 @@ def task_function(path: str) -> Callable:
             f"task={path!r} is not an importable function; use genmodels.training.train or "
             "genmodels.pretraining.pretrain_classifier."
         ) from None
+
+
+def check_override_types() -> None:
+    """Stop with one sentence when a command-line `key=value` has another type than the
+    key's default (`trainer.max_epochs=ten`, `dataset.batch_size=1.5`), before anything is
+    built: the configs are plain YAML, so nothing else would catch it early."""
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not (HydraConfig.initialized() and GlobalHydra.instance().is_initialized()):
+        return
+    overrides = OverridesParser.create().parse_overrides(HydraConfig.get().overrides.task)
+    loader = GlobalHydra.instance().config_loader()
+    is_group = {o.input_line: bool(loader.get_group_options(o.key_or_group)) for o in overrides}
+    groups = [line for line, group in is_group.items() if group]
+    defaults = compose(config_name=HydraConfig.get().job.config_name, overrides=groups)
+    for override in overrides:
+        if is_group[override.input_line] or override.is_sweep_override():
+            continue
+        default = OmegaConf.select(defaults, override.key_or_group, default=None,
+                                   throw_on_resolution_failure=False)
+        expected = type_name(default)
+        if expected and not type_fits(override.value(), default):
+            raise GenmodelsError(
+                f"{override.input_line} has the wrong type: {override.key_or_group} takes "
+                f"{expected} (default {default!r}), got {override.value()!r}."
+            )
+
+
+def type_name(default) -> str | None:
+    """The kind of value a key takes, judged by its default; None: anything goes."""
+    if isinstance(default, bool):
+        return "true or false"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a number"
+    if OmegaConf.is_list(default):
+        return "a list such as [1, 2]"
+    return None
+
+
+def type_fits(value, default) -> bool:
+    if value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, list)
+
+
+def if_resuming(resume, resuming_value, fresh_value):
+    """Config resolver: `${if_resuming:${resume},a,b}` is a when resume=<run dir> is set.
+    conf/hydra/default.yaml uses it to keep a resumed run in its own directory."""
+    return resuming_value if resume else fresh_value
+
+
+# Registered on import (train.py imports this module before Hydra composes the config).
+OmegaConf.register_new_resolver("if_resuming", if_resuming, replace=True)

@@ -1,16 +1,22 @@
 """The training job behind `train.py`: build everything from the config, then fit."""
 
+import json
 import logging
+import math
+import os
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from genmodels.callbacks import ConfigInCheckpoint
-from genmodels.config import build
+from genmodels.callbacks import ConfigInCheckpoint, RNGStateInCheckpoint
+from genmodels.config import build, check_override_types
 from genmodels.errors import GenmodelsError
+from genmodels.runs import check_checkpoint, latest_checkpoint, resumed_config
+from genmodels.speed import configure_backends, optimize_model
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +29,45 @@ def choose_strategy(strategy, model: L.LightningModule):
     return strategy
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train `cfg.model` on `cfg.dataset`; return the final metrics (val/..., test/...)."""
-    output_dir = Path(cfg.paths.output_dir)
+def check_fresh_output_dir(cfg: DictConfig, output_dir: Path) -> None:
+    """Refuse to train over another run's checkpoints, unless continuing that run."""
     checkpoint_dir = output_dir / "checkpoints"
     if cfg.get("ckpt_path") is None and any(checkpoint_dir.glob("*.ckpt")):
         raise GenmodelsError(
             f"{checkpoint_dir} already holds checkpoints; refusing to overwrite them. "
-            "Start a new run directory, or continue this run with ckpt_path=<checkpoint>."
+            f"Start a new run directory, or continue this run with resume={output_dir}."
         )
+
+
+def requeued_on_slurm(output_dir: Path) -> bool:
+    """A SLURM job requeued after pre-emption or a time limit runs again in its own
+    directory: it then continues from that run's newest checkpoint."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    return restarts > 0 and any(output_dir.glob("**/*.ckpt"))
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train `cfg.model` on `cfg.dataset`; return the final metrics (val/..., test/...)."""
+    check_override_types()
+    if cfg.get("resume"):
+        cfg = resumed_config(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("ckpt_path") is None and requeued_on_slurm(output_dir):
+        cfg.ckpt_path = str(latest_checkpoint(output_dir))
+    check_fresh_output_dir(cfg, output_dir)
+    configure_backends(cfg.get("speed"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build(cfg.dataset)
     model = build(cfg.model)
+    if cfg.get("ckpt_path") is not None:
+        check_checkpoint(cfg.ckpt_path, model)  # before Lightning touches anything
+    model = optimize_model(model, cfg.get("speed"))
     config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    callbacks.append(ConfigInCheckpoint(config))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    callbacks += [ConfigInCheckpoint(config), RNGStateInCheckpoint()]
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                     strategy=choose_strategy(cfg.trainer.get("strategy", "auto"), model))
@@ -56,8 +85,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
             logger.log_hyperparams(config, metrics=final)
         else:
             logger.log_hyperparams(config)
+    save_summary(metrics, cfg, trainer, output_dir)
     report(metrics, output_dir, loggers)
     return metrics
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value a sweeper optimises: `metrics[cfg.optimized_metric]`.
+
+    A diverged run (NaN or infinite metric) returns None: the Optuna sweeper then records
+    the trial as failed and goes on (a NaN would stop the hydra-optuna-sweeper 1.3 sweep).
+    """
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if name not in metrics:
+        raise GenmodelsError(f"optimized_metric={name!r} was not logged; valid choices: "
+                             f"{', '.join(sorted(k for k in metrics if '/' in k))}.")
+    if not math.isfinite(metrics[name]):
+        log.warning("Training diverged: %s=%s; a sweep records this job as failed.",
+                    name, metrics[name])
+        return None
+    return metrics[name]
 
 
 @rank_zero_only
@@ -65,6 +114,17 @@ def save_config(config: dict, output_dir: Path) -> None:
     """The resolved config, next to Hydra's own record of the unresolved one."""
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(OmegaConf.create(config), output_dir / "config.yaml")
+
+
+@rank_zero_only
+def save_summary(metrics: dict[str, float], cfg: DictConfig, trainer: L.Trainer,
+                 output_dir: Path) -> None:
+    """`summary.json`: the final metrics of the run, read by the sweep summary table."""
+    final = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())
+             if k.startswith(("val/", "test/", "train/")) and not k.endswith("_step")}
+    summary = {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
+               "optimized_metric": cfg.get("optimized_metric"), "metrics": final}
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 @rank_zero_only

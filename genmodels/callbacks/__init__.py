@@ -1,10 +1,13 @@
-"""Callbacks: image grids, latent-space views, config stored in checkpoints."""
+"""Callbacks: image grids, latent-space views, config and RNG states in checkpoints,
+interrupt checkpoints."""
 
 from genmodels.callbacks.aggregate_posterior import AggregatePosterior
 from genmodels.callbacks.config_in_checkpoint import ConfigInCheckpoint
 from genmodels.callbacks.image_grids import ImageGrids
+from genmodels.callbacks.interrupted_checkpoint import InterruptedCheckpoint
 from genmodels.callbacks.latent_grids import LatentGrids
 from genmodels.callbacks.latent_scatter import LatentScatter
+from genmodels.callbacks.rng_state import RNGStateInCheckpoint
 
-__all__ = ["AggregatePosterior", "ConfigInCheckpoint", "ImageGrids", "LatentGrids",
-           "LatentScatter"]
+__all__ = ["AggregatePosterior", "ConfigInCheckpoint", "ImageGrids", "InterruptedCheckpoint",
+           "LatentGrids", "LatentScatter", "RNGStateInCheckpoint"]

@@ -92,6 +92,7 @@ class AutoEncoder(GenerativeModel):
         self._epoch_low, self._epoch_high = low, high
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         if self._epoch_low is not None:
             self.codings_low.copy_(self._epoch_low)
             self.codings_high.copy_(self._epoch_high)
