@@ -4,11 +4,13 @@ import csv
 import math
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from genmodels.config import build
 from genmodels.errors import GenmodelsError
 from genmodels.runs import load_model
 from genmodels.training import train
@@ -121,6 +123,25 @@ def test_checkpoints_keep_the_last_and_periodic_ones(make_config):
     names = sorted(p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").iterdir())
     assert names == ["epoch_001.ckpt", "epoch_003.ckpt", "last.ckpt"]
     assert (Path(cfg.paths.output_dir) / "config.yaml").exists()
+
+
+def test_last_checkpoint_is_written_after_every_epoch(make_config):
+    cfg = make_config("model=ae")
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    epochs_in_last = []
+
+    class WatchLast(L.Callback):  # checkpoints are written at each epoch's very end
+        def on_train_epoch_start(self, trainer, pl_module):
+            if last.exists():
+                epochs_in_last.append(torch.load(last, weights_only=False)["epoch"])
+
+    trainer = L.Trainer(max_epochs=3, limit_train_batches=2, logger=False,
+                        callbacks=[build(cfg.callbacks.last_checkpoint), WatchLast()],
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu")
+    trainer.fit(build(cfg.model), build(cfg.dataset))
+    assert epochs_in_last == [0, 1]
+    assert torch.load(last, weights_only=False)["epoch"] == 2
 
 
 def test_a_second_run_never_overwrites_checkpoints(make_config):
