@@ -1,0 +1,16 @@
+"""Datasets as in-memory LightningDataModules."""
+
+from genmodels.data.datamodule import InMemoryImageDataModule, TensorBatchLoader, prepare_images
+from genmodels.data.datasets import (
+    CelebADataModule,
+    CIFAR10DataModule,
+    DigitsDataModule,
+    FashionMNISTDataModule,
+    IdxDataModule,
+    ImageFolderDataModule,
+    MNISTDataModule,
+)
+
+__all__ = ["CIFAR10DataModule", "CelebADataModule", "DigitsDataModule", "FashionMNISTDataModule",
+           "IdxDataModule", "ImageFolderDataModule", "InMemoryImageDataModule",
+           "MNISTDataModule", "TensorBatchLoader", "prepare_images"]

@@ -1,0 +1,189 @@
+"""In-memory image datasets: decoded once to uint8 tensors, batched by tensor indexing."""
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import torchvision.transforms.v2.functional as TF
+
+from genmodels.errors import GenmodelsError
+
+
+def prepare_images(images: torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) images -> uint8 (N, channels, image_size, image_size).
+
+    Non-square images are resized on their short side, then centre-cropped.
+    """
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    if images.shape[1] == 4:  # drop an alpha channel
+        images = images[:, :3]
+    if channels == 1 and images.shape[1] == 3:
+        images = TF.rgb_to_grayscale(images)
+    elif channels == 3 and images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    height, width = images.shape[-2:]
+    if (height, width) != (image_size, image_size):
+        images = TF.resize(images, image_size, antialias=True)
+        images = TF.center_crop(images, [image_size, image_size])
+    return images.contiguous()
+
+
+def split_off(images: torch.Tensor, labels: torch.Tensor, fraction: float, seed: int,
+              ordered: bool = False):
+    """Split off `fraction` of the examples, at random or (ordered) the last ones:
+    returns (rest, held_out) pairs."""
+    n_held_out = round(len(images) * fraction)
+    if ordered:
+        order = torch.arange(len(images)).roll(n_held_out)  # the last n first
+    else:
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    rest, held_out = order[n_held_out:], order[:n_held_out]
+    return (images[rest], labels[rest]), (images[held_out], labels[held_out])
+
+
+class TensorBatchLoader:
+    """Mini-batches cut from in-memory tensors by indexing: no per-sample Python work.
+
+    Under DDP every rank takes its own slice of one shared permutation, as
+    `DistributedSampler` would; training slices are equal-sized so the ranks stay in step.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                 shuffle: bool, drop_last: bool, seed: int = 0,
+                 epoch_fn: Callable[[], int] | None = None):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.epoch_fn = seed, epoch_fn
+        self._iterations = 0
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.images)
+        if self.shuffle:
+            epoch = self.epoch_fn() if self.epoch_fn else self._iterations
+            seed = self.seed + epoch  # the same on every rank
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        else:
+            order = torch.arange(n)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            world, rank = dist.get_world_size(), dist.get_rank()
+            if self.drop_last:
+                order = order[: n - n % world]
+            order = order[rank::world]
+        return order
+
+    def _num_examples(self) -> int:
+        return len(self._indices())
+
+    def __len__(self) -> int:
+        n = self._num_examples()
+        if self.drop_last and n >= self.batch_size:
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        order = self._indices().to(self.images.device)
+        self._iterations += 1
+        stop = len(self) * self.batch_size
+        for start in range(0, min(stop, len(order)), self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield self.images[index], self.labels[index]
+
+
+class InMemoryImageDataModule(L.LightningDataModule):
+    """Base of every dataset: subclasses only say how to read their images (`load`).
+
+    Images are kept as uint8 (N, C, H, W) tensors at the configured size and channels,
+    on the GPU when training runs on one; each batch is scaled to `value_range` there.
+    Labels are int64 class indices, -1 where a dataset has none.
+    """
+
+    name = "images"
+    num_classes = 0
+
+    def __init__(self, data_dir: str = "data", image_size: int = 28, channels: int = 1,
+                 batch_size: int = 128, value_range: list[float] = (0.0, 1.0),
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0,
+                 download: bool = True, keep_on_gpu: bool = True, ordered_split: bool = False):
+        super().__init__()
+        if channels not in (1, 3):
+            raise GenmodelsError(f"dataset.channels must be 1 or 3, got {channels!r}.")
+        if image_size < 4:
+            raise GenmodelsError(f"dataset.image_size must be at least 4, got {image_size!r}.")
+        if list(value_range) not in ([0.0, 1.0], [-1.0, 1.0]):
+            raise GenmodelsError(
+                f"dataset.value_range must be [0, 1] or [-1, 1], got {list(value_range)}."
+            )
+        if batch_size < 1:
+            raise GenmodelsError(f"dataset.batch_size must be positive, got {batch_size!r}.")
+        for key, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= fraction < 1.0:
+                raise GenmodelsError(f"dataset.{key} must be in [0, 1), got {fraction!r}.")
+        self.data_dir, self.image_size, self.channels = data_dir, image_size, channels
+        self.batch_size, self.value_range = batch_size, tuple(value_range)
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.download, self.keep_on_gpu = download, keep_on_gpu
+        # Hold out the last examples instead of a random sample (fixed, published splits).
+        self.ordered_split = ordered_split
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Read the dataset: {"train": (images, labels)}, plus "val"/"test" if it has them.
+
+        Images must already be prepared (`prepare_images`) to the configured size/channels.
+        """
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        splits = self.load()
+        train = splits["train"]
+        if "test" in splits:
+            test = splits["test"]
+        else:
+            train, test = split_off(*train, self.test_fraction, self.seed, self.ordered_split)
+        if "val" in splits:
+            val = splits["val"]
+        else:
+            train, val = split_off(*train, self.val_fraction, self.seed + 1, self.ordered_split)
+        if len(train[0]) == 0:
+            raise GenmodelsError(f"The {self.name} dataset has no training images left.")
+        if len(val[0]) == 0:
+            val = train  # val_fraction=0: validate on the training images
+        if len(test[0]) == 0:
+            test = val  # test_fraction=0: test on the validation images
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        if device.type != "cuda" or not self.keep_on_gpu:
+            device = torch.device("cpu")
+        self.splits = {name: (images.to(device), labels.to(device))
+                       for name, (images, labels) in (("train", train), ("val", val),
+                                                      ("test", test))}
+
+    def _loader(self, split: str, shuffle: bool) -> TensorBatchLoader:
+        images, labels = self.splits[split]
+        epoch_fn = (lambda: self.trainer.current_epoch) if self.trainer else None
+        return TensorBatchLoader(images, labels, self.batch_size, shuffle=shuffle,
+                                 drop_last=shuffle, seed=self.seed, epoch_fn=epoch_fn)
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self._loader("test", shuffle=False)
+
+    def scale(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> floats in `value_range`."""
+        x = images.float().div_(255)
+        if self.value_range == (-1.0, 1.0):
+            x = x.mul_(2).sub_(1)
+        return x
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        return self.scale(images), labels

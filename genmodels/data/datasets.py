@@ -1,0 +1,231 @@
+"""One LightningDataModule per dataset; each only says how to read its images."""
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image, UnidentifiedImageError
+
+from genmodels.data.datamodule import InMemoryImageDataModule, prepare_images
+from genmodels.errors import GenmodelsError
+
+
+class DigitsDataModule(InMemoryImageDataModule):
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): offline."""
+
+    name = "digits"
+    num_classes = 10
+
+    def load(self):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        # Grey levels run 0..16 in this dataset.
+        images = torch.from_numpy(np.rint(digits.images * (255 / 16))).to(torch.uint8)
+        labels = torch.from_numpy(digits.target).long()
+        return {"train": (prepare_images(images, self.image_size, self.channels), labels)}
+
+
+def read_idx(path: str | Path) -> torch.Tensor:
+    """Read an IDX file (the MNIST format, optionally gzipped) of unsigned bytes."""
+    path = Path(path).expanduser()
+    try:
+        data = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    except OSError as error:
+        raise GenmodelsError(f"Cannot read IDX file {path}: {error.strerror}.") from None
+    zero, type_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or type_code != 0x08:
+        raise GenmodelsError(f"{path} is not an IDX file of unsigned bytes.")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).view(shape)
+
+
+class IdxDataModule(InMemoryImageDataModule):
+    """Images (and optionally labels) from IDX files, the format of MNIST, Fashion-MNIST,
+    EMNIST and KMNIST: e.g. `images=t10k-images-idx3-ubyte.gz labels=t10k-labels-idx1-ubyte.gz`.
+    Validation and test splits are held out by `val_fraction` and `test_fraction`."""
+
+    name = "idx"
+
+    def __init__(self, images: str | None = None, labels: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.images_file, self.labels_file = images, labels
+
+    def load(self):
+        if not self.images_file:
+            raise GenmodelsError("dataset=idx needs dataset.images=<path to an IDX image file>.")
+        images = read_idx(self.images_file)
+        if self.labels_file:
+            labels = read_idx(self.labels_file).long()
+            self.num_classes = int(labels.max()) + 1
+        else:
+            labels = torch.full((len(images),), -1, dtype=torch.long)
+        if len(labels) != len(images):
+            raise GenmodelsError(f"{self.labels_file} has {len(labels)} labels for "
+                                 f"{len(images)} images in {self.images_file}.")
+        return {"train": (prepare_images(images, self.image_size, self.channels), labels)}
+
+
+class TorchvisionDataModule(InMemoryImageDataModule):
+    """A dataset that torchvision downloads, with its official train and test splits."""
+
+    dataset_class: type
+    expected_files: str  # what the user should put in data_dir, for the error message
+
+    def prepare_data(self) -> None:
+        for train in (True, False):  # downloads on the first process of each node only
+            self.open(train, download=self.download)
+
+    def open(self, train: bool, download: bool = False):
+        try:
+            return self.dataset_class(self.data_dir, train=train, download=download)
+        except (RuntimeError, OSError) as error:
+            raise GenmodelsError(self.missing_message(error, download)) from None
+
+    def missing_message(self, error: Exception, download: bool) -> str:
+        reason = str(error).strip().splitlines()[0] if download else "dataset.download=false"
+        return (
+            f"The {self.name} dataset is not in {Path(self.data_dir).resolve()} and could not "
+            f"be downloaded ({reason}). Put {self.expected_files} there, or point "
+            f"dataset.data_dir to the folder that holds them."
+        )
+
+    def load(self):
+        splits = {}
+        for split in ("train", "test"):
+            dataset = self.open(train=split == "train")
+            images = torch.as_tensor(dataset.data)
+            if images.ndim == 4:  # (N, H, W, C) arrays, as CIFAR stores them
+                images = images.permute(0, 3, 1, 2)
+            labels = torch.as_tensor(dataset.targets).long()
+            splits[split] = (prepare_images(images, self.image_size, self.channels), labels)
+        return splits
+
+
+class MNISTDataModule(TorchvisionDataModule):
+    name = "mnist"
+    num_classes = 10
+    dataset_class = torchvision.datasets.MNIST
+    expected_files = ("MNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                      "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (unpacked)")
+
+
+class FashionMNISTDataModule(TorchvisionDataModule):
+    name = "fashion"
+    num_classes = 10
+    dataset_class = torchvision.datasets.FashionMNIST
+    expected_files = ("FashionMNIST/raw/ with train-images-idx3-ubyte, "
+                      "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
+                      "t10k-labels-idx1-ubyte (unpacked)")
+
+
+class CIFAR10DataModule(TorchvisionDataModule):
+    name = "cifar10"
+    num_classes = 10
+    dataset_class = torchvision.datasets.CIFAR10
+    expected_files = "cifar-10-batches-py/ (unpacked from cifar-10-python.tar.gz)"
+
+
+class CelebADataModule(TorchvisionDataModule):
+    """Aligned CelebA faces (centre-cropped square, resized), official splits, 40 attributes.
+
+    Decoding 200k JPEGs takes minutes, so the prepared tensors are cached next to the data.
+    Labels are -1; the binary attribute table is `self.attributes[split]`, named by
+    `self.attribute_names`.
+    """
+
+    name = "celeba"
+    expected_files = ("celeba/ with img_align_celeba/ (the JPEG files), list_attr_celeba.txt, "
+                      "identity_CelebA.txt, list_bbox_celeba.txt, "
+                      "list_landmarks_align_celeba.txt and list_eval_partition.txt")
+    official_splits = {"train": "train", "val": "valid", "test": "test"}
+
+    def prepare_data(self) -> None:
+        self.open("train", download=self.download)
+
+    def open(self, split: str, download: bool = False):
+        try:
+            return torchvision.datasets.CelebA(self.data_dir, split=split, target_type="attr",
+                                               download=download)
+        except (RuntimeError, OSError) as error:
+            raise GenmodelsError(self.missing_message(error, download)) from None
+
+    def load(self):
+        splits, self.attributes = {}, {}
+        for split, official in self.official_splits.items():
+            cache = (Path(self.data_dir) / "celeba" /
+                     f"genmodels_{official}_{self.image_size}px_{self.channels}ch.pt")
+            if not cache.exists():
+                dataset = self.open(official)
+                folder = Path(dataset.root) / dataset.base_folder / "img_align_celeba"
+                images = torch.stack([
+                    prepare_images(read_image(folder / name, self.channels)[None],
+                                   self.image_size, self.channels)[0]
+                    for name in dataset.filename
+                ])
+                data = {"images": images, "attributes": dataset.attr.bool(),
+                        "names": [n for n in dataset.attr_names if n]}
+                torch.save(data, cache.with_suffix(".tmp"))
+                cache.with_suffix(".tmp").replace(cache)  # atomic: no half-written cache
+            data = torch.load(cache)
+            self.attribute_names = data["names"]
+            self.attributes[split] = data["attributes"]
+            labels = torch.full((len(data["images"]),), -1, dtype=torch.long)
+            splits[split] = (data["images"], labels)
+        return splits
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def read_image(path: Path, channels: int) -> torch.Tensor:
+    """Decode one image file to a uint8 (C, H, W) tensor with `channels` channels."""
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    except (OSError, UnidentifiedImageError) as error:
+        raise GenmodelsError(f"Cannot read image {path}: {error}") from None
+    tensor = torch.from_numpy(array.copy())
+    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+
+
+class ImageFolderDataModule(InMemoryImageDataModule):
+    """The user's own images in `data_dir`: image files, optionally one subfolder per class.
+
+    With subfolders, each is a class (sorted by name; files inside are found recursively)
+    and images directly in `data_dir` get label -1. Without, every label is -1.
+    """
+
+    name = "folder"
+
+    def load(self):
+        if not self.data_dir:
+            raise GenmodelsError("dataset=folder needs dataset.data_dir=<folder of images>.")
+        root = Path(self.data_dir)
+        if not root.is_dir():
+            raise GenmodelsError(f"dataset.data_dir={self.data_dir!r} is not a folder.")
+        self.class_names = sorted(p.name for p in root.iterdir()
+                                  if p.is_dir() and not p.name.startswith("."))
+        self.num_classes = len(self.class_names)
+        files = [(p, -1) for p in sorted(root.iterdir()) if is_image_file(p)]
+        for label, name in enumerate(self.class_names):
+            files += [(p, label) for p in sorted((root / name).rglob("*")) if is_image_file(p)]
+        if not files:
+            raise GenmodelsError(
+                f"No images in dataset.data_dir={self.data_dir!r}; expected files ending in "
+                f"{', '.join(IMAGE_SUFFIXES)}, directly or in one subfolder per class."
+            )
+        images = torch.stack([
+            prepare_images(read_image(path, self.channels)[None], self.image_size,
+                           self.channels)[0]
+            for path, _ in files
+        ])
+        labels = torch.tensor([label for _, label in files], dtype=torch.long)
+        return {"train": (images, labels)}
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
