@@ -1,0 +1,1 @@
+"""Metrics of trained generative models: sample quality, mode coverage, likelihoods."""
