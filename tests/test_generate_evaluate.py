@@ -69,10 +69,11 @@ def test_generate_reconstructs_dataset_images_and_files(vae_run, tmp_path):
     assert arrays["inputs"].shape == arrays["reconstructions"].shape == (8, 1, 28, 28)
     from PIL import Image
 
+    (tmp_path / "digits").mkdir()
     for i in range(3):
-        Image.fromarray(arrays["inputs"][i, 0]).save(tmp_path / f"digit{i}.png")
+        Image.fromarray(arrays["inputs"][i, 0]).save(tmp_path / "digits" / f"{i}.png")
     _, npz = generate(tool_config("generate", f"run={vae_run}", "task=reconstruct",
-                                  f"images={tmp_path}", f"out={tmp_path / 'files'}"))
+                                  f"images={tmp_path / 'digits'}", f"out={tmp_path / 'files'}"))
     assert np.array_equal(np.load(npz)["inputs"], arrays["inputs"][:3])
 
 
@@ -128,7 +129,7 @@ def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = tool_config("evaluate", f"run={vae_run}", "num_samples=300",
-                      f"classifier_cache={classifier_cache}", "classifier_epochs=4",
+                      f"classifier_cache={classifier_cache}", "classifier_epochs=2",
                       "nll_samples=4")
     result = evaluate(cfg)
     path = vae_run / "evaluation" / "last_test.json"
@@ -164,7 +165,7 @@ class Collapsed(GenerativeModel):
 def test_mode_coverage_of_a_collapsed_generator_is_one_mode(classifier_cache):
     digits = DigitsDataModule(seed=0)
     digits.setup()
-    classifier = classifier_for(digits, classifier_cache, epochs=4)
+    classifier = classifier_for(digits, classifier_cache, epochs=2)
     real, labels = digits.splits["test"]
     collapsed = measure(Collapsed(real[0]), classifier, real, labels, num_samples=200)
     assert collapsed["modes_covered"] == 1
@@ -176,7 +177,7 @@ def test_sample_quality_callback_logs_val_metrics_for_sweeps(make_config, classi
     cfg = make_config("model=dcgan", "callbacks=quality", *TINY,
                       "callbacks.sample_quality.every_n_epochs=1",
                       "callbacks.sample_quality.num_samples=100",
-                      "callbacks.sample_quality.classifier_epochs=4",
+                      "callbacks.sample_quality.classifier_epochs=2",
                       f"callbacks.sample_quality.cache_dir={classifier_cache}",
                       "optimized_metric=val/fd_classifier")
     metrics = train(cfg)

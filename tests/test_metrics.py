@@ -84,14 +84,14 @@ def digits():
 
 
 def test_classifier_is_trained_once_then_loaded_from_its_cache(digits, tmp_path):
-    classifier = classifier_for(digits, tmp_path, epochs=4)
+    classifier = classifier_for(digits, tmp_path, epochs=2)
     (cached,) = tmp_path.iterdir()
     assert cached.name.startswith("digits_28px_1ch_") and cached.suffix == ".pt"
     images, labels = digits.splits["test"]
     trained_accuracy = accuracy(classifier, images, labels)
     assert trained_accuracy > 0.8  # digits are easy: its features must mean something
     mtime = cached.stat().st_mtime_ns
-    again = classifier_for(digits, tmp_path, epochs=4)
+    again = classifier_for(digits, tmp_path, epochs=2)
     assert cached.stat().st_mtime_ns == mtime and list(tmp_path.iterdir()) == [cached]
     assert accuracy(again, images, labels) == trained_accuracy
 
@@ -140,7 +140,7 @@ def test_stacked_mnist_stacks_three_digits_and_counts_its_modes(fake_mnist_files
     for c, digit in enumerate((labels // 100, labels // 10 % 10, labels % 10)):
         assert torch.equal(images[:, c, :, 10].argmax(1), 2 * digit + 3)
 
-    classifier = classifier_for(datamodule, tmp_path, epochs=3)
+    classifier = classifier_for(datamodule, tmp_path, epochs=2)
     assert isinstance(classifier, ChannelwiseClassifier) and classifier.num_classes == 1000
     test_images, test_labels = datamodule.splits["test"]
     assert accuracy(classifier, test_images, test_labels) > 0.9

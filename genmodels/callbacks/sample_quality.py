@@ -23,7 +23,7 @@ class SampleQuality(L.Callback):
     """
 
     def __init__(self, every_n_epochs: int = 5, num_samples: int = 2000,
-                 cache_dir: str = "~/.cache/genmodels/classifiers", classifier_epochs: int = 10,
+                 cache_dir: str = "~/.cache/genmodels/classifiers", classifier_epochs: int = 5,
                  seed: int = 0):
         self.every_n_epochs, self.num_samples = every_n_epochs, num_samples
         self.cache_dir, self.classifier_epochs, self.seed = cache_dir, classifier_epochs, seed

@@ -21,9 +21,12 @@ from genmodels.errors import GenmodelsError
 
 log = logging.getLogger(__name__)
 
+# Part of the cache key: bump it when ImageClassifier or its training changes.
+CLASSIFIER_VERSION = 2
+
 
 class ImageClassifier(nn.Module):
-    """Three conv blocks, global average pooling, a `feature_dim` hidden layer, logits.
+    """Three conv blocks, pooling to 4x4, a `feature_dim` hidden layer, logits.
 
     Takes uint8 images (N, channels, H, W) of any size (what the datasets and the
     torchmetrics image metrics pass around); `features` are the post-ReLU penultimate
@@ -39,9 +42,11 @@ class ImageClassifier(nn.Module):
             return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out),
                                  nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True))
 
+        # A 4x4 map rather than global pooling keeps where strokes are: it learns digits
+        # in 2 epochs instead of 10.
         self.body = nn.Sequential(block(channels, 32), block(32, 64), block(64, 128),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(128, feature_dim), nn.ReLU())
+                                  nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                                  nn.Linear(128 * 16, feature_dim), nn.ReLU())
         self.head = nn.Linear(feature_dim, num_classes)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -98,10 +103,19 @@ class ChannelwiseClassifier(nn.Module):
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                     epochs: int = 10, batch_size: int = 128, lr: float = 2e-3,
+                     epochs: int = 5, batch_size: int = 64, lr: float = 3e-3,
                      seed: int = 0) -> ImageClassifier:
     """Fit an ImageClassifier to uint8 images with cross-entropy (Adam, light random
-    shifts so that the features do not depend on exact pixel positions)."""
+    shifts so that the features do not depend on exact pixel positions).
+
+    Gradients are switched on explicitly: the training-time callback calls this from
+    inside Lightning's validation loop, which runs in inference mode."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train_classifier(images.clone(), labels.clone(), num_classes, epochs,
+                                 batch_size, lr, seed)
+
+
+def _train_classifier(images, labels, num_classes, epochs, batch_size, lr, seed):
     torch.manual_seed(seed)
     classifier = ImageClassifier(images.shape[1], num_classes).to(images.device)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
@@ -150,7 +164,7 @@ def labelled_training_images(datamodule) -> tuple[torch.Tensor, torch.Tensor, in
     return images, labels, datamodule.num_classes
 
 
-def classifier_for(datamodule, cache_dir: str | Path, epochs: int = 10, seed: int = 0):
+def classifier_for(datamodule, cache_dir: str | Path, epochs: int = 5, seed: int = 0):
     """The feature classifier of a (set up) datamodule: loaded from `cache_dir`, or
     trained on its training split and cached there. Returns an ImageClassifier, or a
     ChannelwiseClassifier for Stacked MNIST."""
@@ -158,7 +172,7 @@ def classifier_for(datamodule, cache_dir: str | Path, epochs: int = 10, seed: in
     digest = hashlib.sha1()
     for tensor in (images, labels):
         digest.update(tensor.contiguous().numpy().tobytes())
-    digest.update(f"{epochs} {seed} {ImageClassifier.__init__.__defaults__}".encode())
+    digest.update(f"v{CLASSIFIER_VERSION} {epochs} {seed}".encode())
     channels, size = images.shape[1], images.shape[-1]
     path = (Path(cache_dir).expanduser() /
             f"{datamodule.name}_{size}px_{channels}ch_{digest.hexdigest()[:12]}.pt")
