@@ -115,37 +115,38 @@ def write_idx(path, array: torch.Tensor) -> None:
 
 
 @pytest.fixture(scope="module")
-def fake_mnist_files(tmp_path_factory):
-    """IDX files of 600 'digits': class k is a bright bar at row 2k, with noise."""
+def digit_idx_files(tmp_path_factory, digits):
+    """IDX files (MNIST format) of 600 of scikit-learn's digits, resized to 28x28."""
     root = tmp_path_factory.mktemp("idx")
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.arange(600) % 10
-    images = torch.randint(0, 40, (600, 28, 28), generator=generator)
-    for k in range(10):
-        images[labels == k, 2 * k + 3 : 2 * k + 6, 4:24] = 250
-    write_idx(root / "images.gz", images)
-    write_idx(root / "labels.gz", labels)
+    images, labels = digits.splits["train"]
+    write_idx(root / "images.gz", images[:600, 0])
+    write_idx(root / "labels.gz", labels[:600])
     return root / "images.gz", root / "labels.gz"
 
 
-def test_stacked_mnist_stacks_three_digits_and_counts_its_modes(fake_mnist_files, tmp_path):
-    images_file, labels_file = fake_mnist_files
+def test_stacked_mnist_stacks_three_digits_and_counts_its_modes(digit_idx_files, tmp_path):
+    images_file, labels_file = digit_idx_files
     datamodule = StackedMNISTDataModule(source="idx", images=str(images_file),
                                         labels=str(labels_file), channels=3, seed=0)
     datamodule.setup()
     images, labels = datamodule.splits["train"]
     assert images.shape[1:] == (3, 28, 28) and images.dtype == torch.uint8
     assert labels.min() >= 0 and labels.max() < 1000 and len(labels.unique()) > 300
-    # Channel c of an image shows the digit in place c of its 3-digit label.
+    # Channel c of an image is a source digit whose label is digit c of the 3-digit mode.
+    from genmodels.data.datasets import read_idx
+
+    source_label = {image.numpy().tobytes(): int(label)
+                    for image, label in zip(read_idx(images_file), read_idx(labels_file),
+                                            strict=True)}
     for c, digit in enumerate((labels // 100, labels // 10 % 10, labels % 10)):
-        assert torch.equal(images[:, c, :, 10].argmax(1), 2 * digit + 3)
+        assert [source_label[x.numpy().tobytes()] for x in images[:50, c]] == digit[:50].tolist()
 
     classifier = classifier_for(datamodule, tmp_path, epochs=2)
     assert isinstance(classifier, ChannelwiseClassifier) and classifier.num_classes == 1000
     test_images, test_labels = datamodule.splits["test"]
-    assert accuracy(classifier, test_images, test_labels) > 0.9
+    assert accuracy(classifier, test_images, test_labels) > 0.6  # all three digits right
     modes = classifier.predict(test_images)
-    assert mode_coverage(modes, 1000)["modes_covered"] == len(test_labels.unique())
+    assert mode_coverage(modes, 1000)["modes_covered"] > 0.6 * len(test_labels.unique())
     collapsed = classifier.predict(test_images[:1].expand(50, -1, -1, -1))
     assert mode_coverage(collapsed, 1000)["modes_covered"] == 1
 
