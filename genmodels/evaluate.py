@@ -44,7 +44,7 @@ def measure(model, classifier, real: torch.Tensor, real_labels: torch.Tensor | N
     labels = list(range(num_classes)) if conditional else None
     fake = sample_images(model, num_samples, seed=seed, labels=labels,
                          temperature=temperature, ema=ema)
-    fake, real = fake.to(real.device), real
+    fake = fake.to(real.device)
     metrics = classifier_metrics(classifier, real, fake, real_labels, seed=seed)
     if real_labels is not None:
         metrics["classifier_accuracy_real"] = accuracy(classifier, real, real_labels)
