@@ -21,8 +21,8 @@ def find_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, map_location: str = "cpu") -> GenerativeModel:
-    """Rebuild a trained model, in eval mode, from a checkpoint or run directory."""
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
+    """The saved dictionary of a genmodels checkpoint (file or run directory)."""
     checkpoint_path = find_checkpoint(path)
     try:
         checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=False)
@@ -30,6 +30,17 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GenerativeModel:
         raise GenmodelsError(f"Cannot read checkpoint {checkpoint_path}: {error}") from None
     if ConfigInCheckpoint.key not in checkpoint:
         raise GenmodelsError(f"{checkpoint_path} was not written by genmodels (no config in it).")
+    return checkpoint
+
+
+def load_config(path: str | Path) -> dict:
+    """The resolved training config stored in a checkpoint (file or run directory)."""
+    return read_checkpoint(path)[ConfigInCheckpoint.key]
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> GenerativeModel:
+    """Rebuild a trained model, in eval mode, from a checkpoint or run directory."""
+    checkpoint = read_checkpoint(path, map_location)
     model = build(checkpoint[ConfigInCheckpoint.key]["model"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()

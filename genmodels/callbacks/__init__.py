@@ -1,5 +1,5 @@
-"""Callbacks: image grids, latent-space views, config and RNG states in checkpoints,
-interrupt checkpoints."""
+"""Callbacks: image grids, latent-space views, sample quality, config and RNG states in
+checkpoints, interrupt checkpoints."""
 
 from genmodels.callbacks.aggregate_posterior import AggregatePosterior
 from genmodels.callbacks.config_in_checkpoint import ConfigInCheckpoint
@@ -8,6 +8,7 @@ from genmodels.callbacks.interrupted_checkpoint import InterruptedCheckpoint
 from genmodels.callbacks.latent_grids import LatentGrids
 from genmodels.callbacks.latent_scatter import LatentScatter
 from genmodels.callbacks.rng_state import RNGStateInCheckpoint
+from genmodels.callbacks.sample_quality import SampleQuality
 
 __all__ = ["AggregatePosterior", "ConfigInCheckpoint", "ImageGrids", "InterruptedCheckpoint",
-           "LatentGrids", "LatentScatter", "RNGStateInCheckpoint"]
+           "LatentGrids", "LatentScatter", "RNGStateInCheckpoint", "SampleQuality"]

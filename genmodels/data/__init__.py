@@ -10,7 +10,8 @@ from genmodels.data.datasets import (
     ImageFolderDataModule,
     MNISTDataModule,
 )
+from genmodels.data.stacked_mnist import StackedMNISTDataModule
 
 __all__ = ["CIFAR10DataModule", "CelebADataModule", "DigitsDataModule", "FashionMNISTDataModule",
            "IdxDataModule", "ImageFolderDataModule", "InMemoryImageDataModule",
-           "MNISTDataModule", "TensorBatchLoader", "prepare_images"]
+           "MNISTDataModule", "StackedMNISTDataModule", "TensorBatchLoader", "prepare_images"]

@@ -1,0 +1,26 @@
+"""Metrics of a trained model: `python evaluate.py run=<run directory>`.
+
+Writes <run>/evaluation/<checkpoint>_<split>.json and logs to the run's TensorBoard;
+options are in conf/evaluate.yaml (`python evaluate.py --help`).
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from genmodels.errors import GenmodelsError
+from genmodels.evaluate import evaluate
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        result = evaluate(cfg)
+    except GenmodelsError as error:
+        sys.exit(f"Error: {error}")
+    return result["metrics"].get("fd_classifier")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Images from a trained model: `python generate.py run=<run directory> num=64 seed=0`.
+
+Options are in conf/generate.yaml (`python generate.py --help`); reconstructions of given
+images: `python generate.py run=<run dir> task=reconstruct images=[a.png,b.png]`.
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from genmodels.errors import GenmodelsError
+from genmodels.generate import generate
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
+def main(cfg: DictConfig) -> None:
+    try:
+        generate(cfg)
+    except GenmodelsError as error:
+        sys.exit(f"Error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""The job behind `evaluate.py`: metrics of a trained run, to a JSON file and TensorBoard.
+
+`measure` computes every metric that applies to the model (also used during training by
+`genmodels.callbacks.SampleQuality`):
+- every model: `fd_classifier`, `kid_classifier`, precision/recall/density/coverage and
+  mode coverage of `num_samples` samples against held-out real images, in the feature
+  space of the project's own classifier (`genmodels.metrics.classifier`);
+- conditional models (`sample` takes `labels`): the classifier's accuracy on samples of
+  each requested class;
+- models with `reconstruct`: the mean squared reconstruction error (pixels in [0, 1]);
+- VAEs: the importance-sampled negative log-likelihood (`genmodels.metrics.likelihood`);
+- with `inception_weights=<file>`: Inception FID, KID and IS.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from genmodels.config import build
+from genmodels.errors import GenmodelsError
+from genmodels.generate import checkpoint_of, from_uint8, sample_images, sampling_options
+from genmodels.metrics.classifier import accuracy, classifier_for
+from genmodels.metrics.inception import check_inception_available, inception_metrics
+from genmodels.metrics.sample_quality import classifier_metrics
+from genmodels.runs import load_model, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def measure(model, classifier, real: torch.Tensor, real_labels: torch.Tensor | None,
+            num_samples: int, seed: int = 0, temperature: float = 1.0,
+            ema: bool = False) -> dict[str, float]:
+    """Sample-based metrics of `model` against uint8 real images (and their labels)."""
+    was_training = model.training
+    model.eval()
+    num_classes = getattr(model, "num_classes", 0)
+    conditional = "labels" in sampling_options(model) and num_classes
+    # Conditional models: every class equally often, so the class accuracy covers all.
+    labels = list(range(num_classes)) if conditional else None
+    fake = sample_images(model, num_samples, seed=seed, labels=labels,
+                         temperature=temperature, ema=ema)
+    fake = fake.to(real.device)
+    metrics = classifier_metrics(classifier, real, fake, real_labels, seed=seed)
+    if real_labels is not None:
+        metrics["classifier_accuracy_real"] = accuracy(classifier, real, real_labels)
+    if conditional:
+        requested = torch.arange(num_samples, device=real.device) % num_classes
+        correct = (classifier.predict(fake) == requested).float()
+        metrics["conditional_accuracy"] = correct.mean().item()
+        for c in range(num_classes):
+            metrics[f"conditional_accuracy_class{c}"] = correct[requested == c].mean().item()
+    if hasattr(model, "reconstruct"):
+        metrics["reconstruction_mse"] = reconstruction_mse(model, real)
+    model.train(was_training)
+    return metrics
+
+
+def reconstruction_mse(model, images: torch.Tensor, batch_size: int = 500) -> float:
+    """Mean squared error per pixel between uint8 images and their reconstructions,
+    both mapped to [0, 1]."""
+    total = 0.0
+    for batch in images.split(batch_size):
+        x = from_uint8(model, batch)
+        x_unit = model.to_unit_range(x)
+        total += (model.to_unit_range(model.reconstruct(x)) - x_unit).square().sum().item()
+    return total / images.numel()
+
+
+def vae_nll(model, images: torch.Tensor, k: int, batch_size: int) -> float | None:
+    """The importance-sampled NLL (nats per image) of `genmodels.metrics.likelihood`, or
+    None where that module is not part of this installation."""
+    try:
+        from genmodels.metrics.likelihood import importance_sampled_nll
+    except ModuleNotFoundError as error:
+        if error.name != "genmodels.metrics.likelihood":
+            raise
+        log.warning("No genmodels.metrics.likelihood module: the VAE's importance-sampled "
+                    "NLL is not measured.")
+        return None
+    nll = importance_sampled_nll(model, from_uint8(model, images), k=k, batch_size=batch_size)
+    return torch.as_tensor(nll, dtype=torch.float64).mean().item()
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Evaluate the run's checkpoint; write <run>/evaluation/<checkpoint>_<split>.json and
+    log the metrics to <run>/tensorboard/evaluation. Returns the JSON's content."""
+    checkpoint_path = checkpoint_of(cfg)
+    run_dir = (checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints"
+               else checkpoint_path.parent)
+    name = f"{checkpoint_path.stem}_{cfg.split}" + ("_ema" if cfg.ema else "")
+    json_path = Path(cfg.out) if cfg.out else run_dir / "evaluation" / f"{name}.json"
+    if json_path.exists() and not cfg.overwrite:
+        raise GenmodelsError(f"{json_path} already exists; refusing to overwrite it. Pass "
+                             "overwrite=true, or out=<another .json path>.")
+    if cfg.num_samples < 2:
+        raise GenmodelsError(f"num_samples must be at least 2, got {cfg.num_samples}.")
+    if cfg.inception_weights:
+        check_inception_available(cfg.inception_weights)  # fail before the long part
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available()
+                                                      else "cpu")
+    checkpoint = read_checkpoint(checkpoint_path)
+    config = checkpoint["genmodels_config"]
+    model = load_model(checkpoint_path).to(device)
+    sampling_options(model, temperature=cfg.temperature, ema=cfg.ema)  # clear errors first
+
+    datamodule = build(config["dataset"])
+    datamodule.setup()
+    if cfg.split not in datamodule.splits:
+        raise GenmodelsError(f"split={cfg.split!r}; valid choices: {sorted(datamodule.splits)}.")
+    real, labels = (t.to(device) for t in datamodule.splits[cfg.split])
+    labels = labels if (labels >= 0).all() else None
+    classifier = classifier_for(datamodule, cfg.classifier_cache, epochs=cfg.classifier_epochs)
+    classifier = classifier.to(device)
+    metrics = measure(model, classifier, real, labels, cfg.num_samples, seed=cfg.seed,
+                      temperature=cfg.temperature, ema=cfg.ema)
+    if hasattr(model, "posterior") and cfg.nll_samples > 0:
+        nll = vae_nll(model, real, k=cfg.nll_samples, batch_size=cfg.batch_size)
+        if nll is not None:
+            metrics["nll_importance_sampled"] = nll
+    if cfg.inception_weights:
+        fake = sample_images(model, cfg.num_samples, seed=cfg.seed,
+                             temperature=cfg.temperature, ema=cfg.ema).to(device)
+        metrics |= inception_metrics(cfg.inception_weights, real, fake, seed=cfg.seed)
+    else:
+        log.info("Inception FID/KID/IS skipped: they need the FID Inception weights, which "
+                 "cannot be downloaded offline; give inception_weights=<path to the .pth>.")
+
+    result = {"checkpoint": str(checkpoint_path.resolve()),
+              "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),
+              "split": cfg.split, "num_real": len(real), "num_samples": cfg.num_samples,
+              "seed": cfg.seed, "temperature": cfg.temperature, "ema": cfg.ema,
+              "metrics": metrics}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    log_to_tensorboard(run_dir, name, config, metrics, checkpoint.get("global_step") or 0)
+    log.info("Metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    log.info("Wrote %s", json_path)
+    return result
+
+
+def log_to_tensorboard(run_dir: Path, name: str, config: dict, metrics: dict,
+                       step: int) -> None:
+    """Scalars `eval/<metric>` and an HPARAMS session (the run's config with these
+    metrics) in <run>/tensorboard/evaluation/<name>, so a sweep's runs can be ranked."""
+    logger = TensorBoardLogger(run_dir / "tensorboard", name="evaluation", version=name,
+                               default_hp_metric=False)
+    scalars = {f"eval/{k}": float(v) for k, v in metrics.items()}
+    logger.log_hyperparams(OmegaConf.create(config), metrics=scalars)
+    logger.log_metrics(scalars, step=step)
+    logger.finalize("success")
