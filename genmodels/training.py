@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +20,12 @@ from genmodels.runs import check_checkpoint, latest_checkpoint, resumed_config
 from genmodels.speed import configure_backends, optimize_model
 
 log = logging.getLogger(__name__)
+
+# With an on-exception checkpoint among the callbacks, Lightning treats every fit as a
+# continuation from the "last" checkpoint and warns when there is none. A fresh run has
+# none by construction (check_fresh_output_dir), and resumes pass ckpt_path explicitly.
+warnings.filterwarnings("ignore", message=r".*ckpt_path=None\)` was called without a model")
+warnings.filterwarnings("ignore", message=r".*is set, but there is no last checkpoint available")
 
 
 def choose_strategy(strategy, model: L.LightningModule):
