@@ -141,7 +141,7 @@ def pair_images(model, cfg: DictConfig) -> torch.Tensor:
     """uint8 images to interpolate between, pairwise: files, or a split's images."""
     if cfg.images:
         inputs = read_image_files(cfg.images, model.image_shape)
-        even_list(range(len(inputs)), "images")
+        even_list(list(inputs), "images")
         return inputs
     split = dataset_images(cfg, cfg.split)
     indices = (even_list(cfg.indices, "indices") if cfg.indices is not None
@@ -308,7 +308,9 @@ def output_paths(cfg: DictConfig, checkpoint: Path) -> tuple[Path, Path]:
     else:
         run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" \
             else checkpoint.parent
-        name = f"{cfg.task}_{checkpoint.stem}_seed{cfg.seed}_n{cfg.num}"
+        detail = {"interpolate": cfg.method, "arithmetic": f"attribute{cfg.attribute}",
+                  "manifold": f"{cfg.nrow}x{cfg.nrow}", "semantic": f"{cfg.nrow}x{cfg.nrow}"}
+        name = f"{cfg.task}_{checkpoint.stem}_seed{cfg.seed}_{detail.get(cfg.task, f'n{cfg.num}')}"
         if cfg.task == "samples" and cfg.ema is not None:
             name += "_ema" if cfg.ema else "_live"
         stem = run_dir / "generated" / name

@@ -121,6 +121,14 @@ def test_generate_interpolates_between_seeds_and_dataset_images(vae_run, tmp_pat
     ends = to_uint8(model, model.reconstruct(from_uint8(model, test_images[[0, 5]])))
     path = torch.from_numpy(arrays["images"]).int()
     assert (path[[0, -1]] - ends.int()).abs().max() <= 1  # from one reconstruction to the other
+    from PIL import Image
+
+    for i in (0, 5):
+        Image.fromarray(arrays["inputs"][int(i > 0), 0]).save(tmp_path / f"{i}.png")
+    files = f"images=[{tmp_path / '0.png'},{tmp_path / '5.png'}]"
+    _, npz = generate(tool_config("generate", f"run={vae_run}", "task=interpolate", files,
+                                  "steps=4", "method=slerp", f"out={tmp_path / 'files'}"))
+    assert np.array_equal(np.load(npz)["images"], arrays["images"])
     with pytest.raises(GenmodelsError, match="must come in pairs"):
         generate(tool_config("generate", f"run={vae_run}", "task=interpolate",
                              "indices=[0,1,2]", f"out={tmp_path / 'odd'}"))
