@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def measure(model, classifier, real: torch.Tensor, real_labels: torch.Tensor | None,
             num_samples: int, seed: int = 0, temperature: float = 1.0,
-            ema: bool = False) -> dict[str, float]:
+            ema: bool | None = None) -> dict[str, float]:
     """Sample-based metrics of `model` against uint8 real images (and their labels)."""
     was_training = model.training
     model.eval()
@@ -71,9 +71,12 @@ def reconstruction_mse(model, images: torch.Tensor, batch_size: int = 500) -> fl
     return total / images.numel()
 
 
-def vae_nll(model, images: torch.Tensor, k: int, batch_size: int) -> float | None:
-    """The importance-sampled NLL (nats per image) of `genmodels.metrics.likelihood`, or
-    None where that module is not part of this installation."""
+def vae_nll(model, images: torch.Tensor, k: int, batch_size: int,
+            seed: int = 0) -> float | None:
+    """The importance-sampled NLL (nats per image) of uint8 `images` (as the datasets hold
+    them, already binarized for evaluation if the run binarizes), with `k` samples and
+    `batch_size` decoder passes per forward, reproducible from `seed`; None where
+    `genmodels.metrics.likelihood` is not part of this installation."""
     try:
         from genmodels.metrics.likelihood import importance_sampled_nll
     except ModuleNotFoundError as error:
@@ -82,8 +85,9 @@ def vae_nll(model, images: torch.Tensor, k: int, batch_size: int) -> float | Non
         log.warning("No genmodels.metrics.likelihood module: the VAE's importance-sampled "
                     "NLL is not measured.")
         return None
-    nll = importance_sampled_nll(model, from_uint8(model, images), k=k, batch_size=batch_size)
-    return torch.as_tensor(nll, dtype=torch.float64).mean().item()
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    return importance_sampled_nll(model, from_uint8(model, images), k=k,
+                                  batch_size=batch_size, generator=generator)
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -92,7 +96,8 @@ def evaluate(cfg: DictConfig) -> dict:
     checkpoint_path = checkpoint_of(cfg)
     run_dir = (checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints"
                else checkpoint_path.parent)
-    name = f"{checkpoint_path.stem}_{cfg.split}" + ("_ema" if cfg.ema else "")
+    name = f"{checkpoint_path.stem}_{cfg.split}" + {None: "", True: "_ema",
+                                                      False: "_live"}[cfg.ema]
     json_path = Path(cfg.out) if cfg.out else run_dir / "evaluation" / f"{name}.json"
     if json_path.exists() and not cfg.overwrite:
         raise GenmodelsError(f"{json_path} already exists; refusing to overwrite it. Pass "
@@ -119,7 +124,8 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics = measure(model, classifier, real, labels, cfg.num_samples, seed=cfg.seed,
                       temperature=cfg.temperature, ema=cfg.ema)
     if hasattr(model, "posterior") and cfg.nll_samples > 0:
-        nll = vae_nll(model, real, k=cfg.nll_samples, batch_size=cfg.batch_size)
+        nll = vae_nll(model, real, k=cfg.nll_samples, batch_size=cfg.batch_size,
+                      seed=cfg.seed)
         if nll is not None:
             metrics["nll_importance_sampled"] = nll
     if cfg.inception_weights:

@@ -4,7 +4,11 @@ Each task takes the model and the config and returns (images, extra arrays, grid
 - `samples`: `num` seeded samples, optionally of given classes (conditional models),
   at a temperature (VAEs), from the EMA generator (GANs that keep one);
 - `reconstruct`: given image files, or the first `num` images of a dataset split, above
-  their reconstructions (models with `reconstruct`).
+  their reconstructions (models with `reconstruct`);
+- the latent-space tools of `genmodels.latent`, for models with `encode`/`decode`:
+  `interpolate` (pairs of images or of prior draws), `manifold` (2-d latent spaces),
+  `semantic` (a smooth grid between random codings) and `arithmetic` (images shifted
+  along an attribute vector of the run's dataset).
 A new task is one function plus one entry in TASKS.
 """
 
@@ -17,6 +21,7 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torchvision.utils import make_grid, save_image
 
+from genmodels import latent
 from genmodels.callbacks.image_grids import interleave_rows
 from genmodels.config import build
 from genmodels.data.datamodule import prepare_images
@@ -27,7 +32,8 @@ from genmodels.runs import find_checkpoint, load_config, load_model
 log = logging.getLogger(__name__)
 
 
-def sampling_options(model, labels=None, temperature: float = 1.0, ema: bool = False) -> dict:
+def sampling_options(model, labels=None, temperature: float = 1.0,
+                     ema: bool | None = None) -> dict:
     """Keyword arguments for `model.sample` that ask for these options, after checking
     that the model supports each one (by the arguments its `sample` accepts)."""
     accepted = inspect.signature(model.sample).parameters
@@ -51,45 +57,35 @@ def sampling_options(model, labels=None, temperature: float = 1.0, ema: bool = F
                 f"(a VAE); {name}.sample takes no temperature."
             )
         options["temperature"] = temperature
-    if ema:
-        if "ema" in accepted:
-            options["ema"] = True
-        elif getattr(model, "ema_generator", None) is None:
-            raise GenmodelsError(
-                f"ema=true needs a model that keeps an EMA copy of its generator; this "
-                f"{name} has none (no `ema_generator`, no `ema` argument to sample)."
-            )
+    if ema is not None and "ema" in accepted:
+        options["ema"] = ema
+    if ema and getattr(model, "generator_ema", None) is None:
+        raise GenmodelsError(f"ema=true needs a model that keeps an EMA copy of its "
+                             f"generator (a GAN with model.ema_decay set); this {name} "
+                             "has none.")
     return options
 
 
 @torch.no_grad()
 def sample_images(model, n: int, seed: int = 0, labels=None, temperature: float = 1.0,
-                  ema: bool = False, batch_size: int = 1000) -> torch.Tensor:
+                  ema: bool | None = None, batch_size: int = 1000) -> torch.Tensor:
     """n samples as uint8 (N, C, H, W) CPU images, reproducible from `seed`.
 
     labels: class of each sample for conditional models (a shorter list is repeated).
-    ema: sample from the generator's EMA copy (`sample(..., ema=True)`, or the model's
-    `ema_generator` swapped in for `generator` while sampling).
+    ema: for GANs, passed to `sample`: None uses the generator's EMA copy when there is
+    one, True insists on it, False takes the live generator.
     """
     options = sampling_options(model, labels, temperature, ema)
     if labels is not None:
         labels = torch.as_tensor(list(labels), dtype=torch.long)
         labels = labels.repeat(-(-n // len(labels)))[:n].to(model.device)
     generator = torch.Generator().manual_seed(seed)
-    swap_in_ema = ema and "ema" not in options
-    original = model.generator if swap_in_ema else None
-    if swap_in_ema:
-        model.generator = model.ema_generator
-    try:
-        chunks = []
-        for start in range(0, n, batch_size):
-            size = min(batch_size, n - start)
-            if labels is not None:
-                options["labels"] = labels[start : start + size]
-            chunks.append(to_uint8(model, model.sample(size, generator=generator, **options)))
-    finally:
-        if swap_in_ema:
-            model.generator = original
+    chunks = []
+    for start in range(0, n, batch_size):
+        size = min(batch_size, n - start)
+        if labels is not None:
+            options["labels"] = labels[start : start + size]
+        chunks.append(to_uint8(model, model.sample(size, generator=generator, **options)))
     return torch.cat(chunks)
 
 
@@ -117,18 +113,122 @@ def samples_task(model, cfg: DictConfig):
 
 @torch.no_grad()
 def reconstruct_task(model, cfg: DictConfig):
-    if not hasattr(model, "reconstruct"):
-        raise GenmodelsError(f"task=reconstruct needs a model with `reconstruct` "
-                             f"(an autoencoder or VAE), not {type(model).__name__}.")
-    inputs = (read_image_files(cfg.images, model.image_shape) if cfg.images
-              else dataset_images(cfg, cfg.split)[: cfg.num])
+    inputs = input_images(model, cfg, cfg.num)
     outputs = torch.cat([to_uint8(model, model.reconstruct(from_uint8(model, batch)))
                          for batch in inputs.split(500)])
     grid = interleave_rows(torch.stack([inputs, outputs], dim=1), row_length=cfg.nrow)
     return grid, {"inputs": inputs.numpy(), "reconstructions": outputs.numpy()}, cfg.nrow
 
 
-TASKS = {"samples": samples_task, "reconstruct": reconstruct_task}
+def interpolate_task(model, cfg: DictConfig):
+    """One row of `steps` images per pair: of prior draws from `seeds`, of image files, or
+    of the split's images at `indices` (by default its first 2 * rows)."""
+    if cfg.seeds is not None:
+        seeds = [int(seed) for seed in even_list(cfg.seeds, "seeds")]
+        dim = latent.latent_dim(model)
+        ends = [torch.randn(dim, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        rows = [latent.interpolate_codings(model, ends[i], ends[i + 1], cfg.steps, cfg.method)
+                for i in range(0, len(ends), 2)]
+        return to_uint8(model, torch.cat(rows)), {"seeds": np.array(seeds)}, cfg.steps
+    inputs = pair_images(model, cfg)
+    x = from_uint8(model, inputs)
+    rows = [latent.interpolate(model, x[i], x[i + 1], cfg.steps, cfg.method)
+            for i in range(0, len(x), 2)]
+    return to_uint8(model, torch.cat(rows)), {"inputs": inputs.numpy()}, cfg.steps
+
+
+def pair_images(model, cfg: DictConfig) -> torch.Tensor:
+    """uint8 images to interpolate between, pairwise: files, or a split's images."""
+    if cfg.images:
+        inputs = read_image_files(cfg.images, model.image_shape)
+        even_list(list(inputs), "images")
+        return inputs
+    split = dataset_images(cfg, cfg.split)
+    indices = (even_list(cfg.indices, "indices") if cfg.indices is not None
+               else list(range(2 * cfg.rows)))
+    if max(indices) >= len(split) or min(indices) < 0:
+        raise GenmodelsError(f"indices={indices} must lie in 0 to {len(split) - 1}, the "
+                             f"images of split={cfg.split!r}.")
+    return split[indices]
+
+
+def manifold_task(model, cfg: DictConfig):
+    images = latent.manifold(model, cfg.nrow, span=cfg.span, quantiles=cfg.quantiles)
+    return to_uint8(model, images), {}, cfg.nrow
+
+
+def semantic_task(model, cfg: DictConfig):
+    generator = torch.Generator().manual_seed(cfg.seed)
+    images = latent.semantic_interpolation(model, cfg.nrow, cfg.nrow, generator=generator)
+    return to_uint8(model, images), {}, cfg.nrow
+
+
+def arithmetic_task(model, cfg: DictConfig):
+    """Each input's coding plus multiples of an attribute vector, estimated on the first
+    `attribute_images` of the run's training split: a class label (that class minus the
+    rest) or a CelebA attribute name."""
+    datamodule = run_datamodule(cfg)
+    has_attribute = attribute_mask(datamodule, cfg.attribute)
+    has_attribute = has_attribute[: cfg.attribute_images]
+    train_images = from_uint8(model, datamodule.splits["train"][0][: cfg.attribute_images])
+    vector = latent.attribute_vector(model, train_images, has_attribute)
+    inputs = (read_image_files(cfg.images, model.image_shape) if cfg.images
+              else split_images(datamodule, cfg.split)[: cfg.rows])
+    multiples = [float(m) for m in as_list(cfg.multiples)]
+    shifted = latent.shift_along(model, from_uint8(model, inputs), vector, multiples)
+    extra = {"inputs": inputs.numpy(), "vector": vector.cpu().numpy(),
+             "multiples": np.array(multiples)}
+    return to_uint8(model, shifted), extra, len(multiples)
+
+
+def attribute_mask(datamodule, attribute) -> torch.Tensor:
+    """Which training images have `attribute`: a class label, or an attribute name of a
+    dataset with `attribute_names` (CelebA)."""
+    names = getattr(datamodule, "attribute_names", None)
+    if isinstance(attribute, str) and names:
+        if attribute not in names:
+            raise GenmodelsError(f"attribute={attribute!r} is not an attribute of this "
+                                 f"dataset; valid choices: {names}.")
+        return datamodule.attributes["train"][:, names.index(attribute)]
+    labels = datamodule.splits["train"][1].cpu()
+    classes = sorted(set(labels.tolist()) - {-1})
+    if not isinstance(attribute, int) or attribute not in classes:
+        choices = f"the attribute names {names}" if names else (
+            f"a class label {classes}" if classes else "none: the dataset has no labels")
+        raise GenmodelsError(f"attribute={attribute!r} is neither a class label nor an "
+                             f"attribute name of this dataset; valid choices: {choices}.")
+    return labels == attribute
+
+
+TASKS = {"samples": samples_task, "reconstruct": reconstruct_task,
+         "interpolate": interpolate_task, "manifold": manifold_task,
+         "semantic": semantic_task, "arithmetic": arithmetic_task}
+# The methods a task needs besides `sample`; task=manifold also needs a 2-d latent space.
+TASK_NEEDS = {"reconstruct": ("reconstruct",), "interpolate": ("encode", "decode"),
+              "manifold": ("decode",), "semantic": ("decode",),
+              "arithmetic": ("encode", "decode")}
+
+
+def tasks_for(model) -> list[str]:
+    """The tasks this model supports."""
+    tasks = [task for task in TASKS
+             if all(callable(getattr(model, m, None)) for m in TASK_NEEDS.get(task, ()))]
+    if "manifold" in tasks and latent.latent_dim(model) != 2:
+        tasks.remove("manifold")
+    return tasks
+
+
+def check_task(model, task: str) -> None:
+    if task in tasks_for(model):
+        return
+    needs = " and ".join(f"{m}()" for m in TASK_NEEDS[task])
+    why = (f"a 2-d latent space; this model's has {latent.latent_dim(model)} dimensions"
+           if task == "manifold" and all(callable(getattr(model, m, None)) for m in
+                                         TASK_NEEDS[task])
+           else f"a model with {needs} (an autoencoder or VAE), which {type(model).__name__} "
+           "lacks")
+    raise GenmodelsError(f"task={task} needs {why}; valid tasks for this model: "
+                         f"{tasks_for(model)}.")
 
 
 # --- inputs and outputs -----------------------------------------------------------------
@@ -138,6 +238,23 @@ def as_list(value):
     if value is None:
         return None
     return list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+
+
+def even_list(values, name: str) -> list:
+    """A list of pair ends: an even, non-zero number of them."""
+    values = as_list(values) or []
+    if not values or len(values) % 2:
+        raise GenmodelsError(f"{name} must come in pairs (an even number, at least 2); got "
+                             f"{len(values)}.")
+    return values
+
+
+def input_images(model, cfg: DictConfig, num: int) -> torch.Tensor:
+    """uint8 inputs: the image files in cfg.images, else the first `num` images of the
+    run's dataset split cfg.split."""
+    if cfg.images:
+        return read_image_files(cfg.images, model.image_shape)
+    return dataset_images(cfg, cfg.split)[:num]
 
 
 def read_image_files(paths, image_shape) -> torch.Tensor:
@@ -158,13 +275,22 @@ def read_image_files(paths, image_shape) -> torch.Tensor:
                       for f in files])
 
 
-def dataset_images(cfg: DictConfig, split: str) -> torch.Tensor:
-    """uint8 images of a split of the run's own dataset, rebuilt from its config."""
+def run_datamodule(cfg: DictConfig):
+    """The run's own dataset, rebuilt from its config and set up."""
     datamodule = build(load_config(checkpoint_of(cfg))["dataset"])
     datamodule.setup()
+    return datamodule
+
+
+def split_images(datamodule, split: str) -> torch.Tensor:
     if split not in datamodule.splits:
         raise GenmodelsError(f"split={split!r}; valid choices: {sorted(datamodule.splits)}.")
     return datamodule.splits[split][0].cpu()
+
+
+def dataset_images(cfg: DictConfig, split: str) -> torch.Tensor:
+    """uint8 images of a split of the run's own dataset."""
+    return split_images(run_datamodule(cfg), split)
 
 
 def checkpoint_of(cfg: DictConfig) -> Path:
@@ -182,9 +308,11 @@ def output_paths(cfg: DictConfig, checkpoint: Path) -> tuple[Path, Path]:
     else:
         run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" \
             else checkpoint.parent
-        name = f"{cfg.task}_{checkpoint.stem}_seed{cfg.seed}_n{cfg.num}"
-        if cfg.task == "samples" and cfg.ema:
-            name += "_ema"
+        detail = {"interpolate": cfg.method, "arithmetic": f"attribute{cfg.attribute}",
+                  "manifold": f"{cfg.nrow}x{cfg.nrow}", "semantic": f"{cfg.nrow}x{cfg.nrow}"}
+        name = f"{cfg.task}_{checkpoint.stem}_seed{cfg.seed}_{detail.get(cfg.task, f'n{cfg.num}')}"
+        if cfg.task == "samples" and cfg.ema is not None:
+            name += "_ema" if cfg.ema else "_live"
         stem = run_dir / "generated" / name
     png, npz = stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.npz"
     for path in (png, npz):
@@ -205,6 +333,7 @@ def generate(cfg: DictConfig) -> tuple[Path, Path]:
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available()
                                                       else "cpu")
     model = load_model(checkpoint).to(device)
+    check_task(model, cfg.task)
     images, extra, nrow = TASKS[cfg.task](model, cfg)
     png.parent.mkdir(parents=True, exist_ok=True)
     save_image(make_grid(images.float() / 255, nrow=nrow, padding=2, pad_value=1.0), png)

@@ -124,12 +124,22 @@ def interpolate(model, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10,
     """Encode two images (C, H, W), decode `steps` points on the path between their codings
     (lerp: straight line; slerp: great circle): (steps, C, H, W), from x_a's to x_b's."""
     require(model, "encode", "decode")
+    z_a, z_b = model.encode(_to_model(model, torch.stack([x_a, x_b])))
+    return interpolate_codings(model, z_a, z_b, steps, method)
+
+
+@torch.no_grad()
+def interpolate_codings(model, z_a: torch.Tensor, z_b: torch.Tensor, steps: int = 10,
+                        method: str = "lerp") -> torch.Tensor:
+    """Decode `steps` points on the path between two codings (latent_dim,), e.g. two prior
+    draws: (steps, C, H, W), from z_a's image to z_b's."""
+    require(model, "decode")
     if method not in INTERPOLATIONS:
         raise GenmodelsError(f"Unknown interpolation {method!r}; valid choices: "
                              f"{INTERPOLATIONS}.")
     if steps < 2:
         raise GenmodelsError(f"interpolate needs steps >= 2, got {steps}.")
-    z_a, z_b = model.encode(_to_model(model, torch.stack([x_a, x_b])))
+    z_a, z_b = z_a.to(model.device), z_b.to(model.device)
     t = torch.linspace(0, 1, steps, device=z_a.device)
     if method == "slerp":
         z = slerp(z_a, z_b, t)

@@ -249,6 +249,13 @@ def test_ema_generator_averages_and_is_used_for_sampling(tmp_path):
     sample = gan.sample(2, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(sample, gan.generator_ema(z))
     assert not torch.allclose(sample, gan.generator(z))
+    live = gan.sample(2, generator=torch.Generator().manual_seed(1), ema=False)
+    assert torch.allclose(live, gan.generator(z))
+    assert torch.equal(gan.sample(2, generator=torch.Generator().manual_seed(1), ema=True),
+                       sample)
+    without = build(compose_config(["model=dcgan"], tmp_path).model)
+    with pytest.raises(GenmodelsError, match="has none"):
+        without.sample(2, ema=True)
 
 
 class PoisonBatch(L.Callback):

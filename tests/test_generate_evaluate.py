@@ -13,12 +13,24 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 
+from genmodels import latent
+from genmodels.config import build
 from genmodels.data import DigitsDataModule
 from genmodels.errors import GenmodelsError
 from genmodels.evaluate import evaluate, measure
-from genmodels.generate import generate, sample_images
+from genmodels.generate import (
+    TASKS,
+    check_task,
+    dataset_images,
+    from_uint8,
+    generate,
+    run_datamodule,
+    sample_images,
+    to_uint8,
+)
 from genmodels.metrics.classifier import classifier_for
 from genmodels.models.base import GenerativeModel
+from genmodels.runs import load_model
 from genmodels.training import train
 
 from .conftest import CONF, FAST, ROOT, compose_config
@@ -91,6 +103,79 @@ def test_generate_explains_options_the_model_lacks(vae_run, tmp_path):
         attempt("task=nope")
 
 
+def test_generate_interpolates_between_seeds_and_dataset_images(vae_run, tmp_path):
+    model = load_model(vae_run)
+    _, npz = generate(tool_config("generate", f"run={vae_run}", "task=interpolate",
+                                  "seeds=[1,2,3,4]", "steps=5", f"out={tmp_path / 'seeds'}"))
+    images = torch.from_numpy(np.load(npz)["images"])
+    assert images.shape == (10, 1, 28, 28)
+    for position, seed in ((0, 1), (4, 2), (5, 3), (9, 4)):  # each row: from one draw to the next
+        z = torch.randn(10, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(images[position], to_uint8(model, model.decode(z[None]))[0])
+    _, npz = generate(tool_config("generate", f"run={vae_run}", "task=interpolate",
+                                  "indices=[0,5]", "steps=4", "method=slerp",
+                                  f"out={tmp_path / 'pair'}"))
+    arrays = np.load(npz)
+    test_images = dataset_images(tool_config("generate", f"run={vae_run}"), "test")
+    assert np.array_equal(arrays["inputs"], test_images[[0, 5]].numpy())
+    ends = to_uint8(model, model.reconstruct(from_uint8(model, test_images[[0, 5]])))
+    path = torch.from_numpy(arrays["images"]).int()
+    assert (path[[0, -1]] - ends.int()).abs().max() <= 1  # from one reconstruction to the other
+    from PIL import Image
+
+    for i in (0, 5):
+        Image.fromarray(arrays["inputs"][int(i > 0), 0]).save(tmp_path / f"{i}.png")
+    files = f"images=[{tmp_path / '0.png'},{tmp_path / '5.png'}]"
+    _, npz = generate(tool_config("generate", f"run={vae_run}", "task=interpolate", files,
+                                  "steps=4", "method=slerp", f"out={tmp_path / 'files'}"))
+    assert np.array_equal(np.load(npz)["images"], arrays["images"])
+    with pytest.raises(GenmodelsError, match="must come in pairs"):
+        generate(tool_config("generate", f"run={vae_run}", "task=interpolate",
+                             "indices=[0,1,2]", f"out={tmp_path / 'odd'}"))
+
+
+def test_generate_shifts_images_along_a_class_attribute_vector(vae_run, tmp_path):
+    model = load_model(vae_run)
+    _, npz = generate(tool_config("generate", f"run={vae_run}", "task=arithmetic",
+                                  "attribute=3", "rows=3", "multiples=[0,1]",
+                                  f"out={tmp_path / 'threes'}"))
+    arrays = np.load(npz)
+    assert arrays["images"].shape == (6, 1, 28, 28) and arrays["vector"].shape == (10,)
+    inputs = torch.from_numpy(arrays["inputs"])
+    recon = to_uint8(model, model.reconstruct(from_uint8(model, inputs)))
+    shown = torch.from_numpy(arrays["images"]).int()
+    assert (shown[0::2] - recon.int()).abs().max() <= 1  # multiple 0: the reconstruction
+    train_images, labels = run_datamodule(tool_config("generate", f"run={vae_run}")
+                                          ).splits["train"]
+    codings = latent.encode_all(model, from_uint8(model, train_images))
+    vector = codings[labels == 3].mean(0) - codings[labels != 3].mean(0)
+    assert torch.allclose(torch.from_numpy(arrays["vector"]), vector, atol=1e-5)
+    shifted = model.decode(model.encode(from_uint8(model, inputs)) + vector)
+    assert (shown[1::2] - to_uint8(model, shifted).int()).abs().max() <= 1  # multiple 1
+    for attribute, message in (("42", r"valid choices: a class label \[0, 1"),
+                               ("Smiling", "neither a class label nor an attribute name")):
+        with pytest.raises(GenmodelsError, match=message):
+            generate(tool_config("generate", f"run={vae_run}", "task=arithmetic",
+                                 f"attribute={attribute}", f"out={tmp_path / 'bad'}"))
+
+
+def test_manifold_and_semantic_grids_and_tasks_a_model_lacks(vae_run, tmp_path):
+    semantic = generate(tool_config("generate", f"run={vae_run}", "task=semantic", "nrow=4",
+                                    f"out={tmp_path / 'semantic'}"))[1]
+    assert np.load(semantic)["images"].shape == (16, 1, 28, 28)
+    with pytest.raises(GenmodelsError, match="2-d latent space; this model's has 10 "
+                                             r"dimensions; valid tasks for this model: "):
+        generate(tool_config("generate", f"run={vae_run}", "task=manifold",
+                             f"out={tmp_path / 'manifold'}"))
+    model = build(compose_config(["model=vae", "model.latent_dim=2"], tmp_path).model).eval()
+    cfg = tool_config("generate", "task=manifold", "nrow=5", "quantiles=true")
+    images, _, nrow = TASKS["manifold"](model, cfg)
+    centre = to_uint8(model, model.decode(torch.zeros(1, 2)))[0]  # the median of N(0, I)
+    assert images.shape == (25, 1, 28, 28) and nrow == 5 and torch.equal(images[12], centre)
+    with pytest.raises(GenmodelsError, match=r"valid tasks for this model: \['samples'\]"):
+        check_task(ConditionalStub(), "interpolate")
+
+
 class ConditionalStub(GenerativeModel):
     """A 'conditional model' whose image brightness is its class label / 9."""
 
@@ -98,13 +183,12 @@ class ConditionalStub(GenerativeModel):
 
     def __init__(self):
         super().__init__(1, 8, [0.0, 1.0])
-        self.generator = self.ema_generator = None
 
     def sample(self, n, generator=None, labels=None):
         return (labels.float() / 9).view(-1, 1, 1, 1).expand(-1, 1, 8, 8)
 
 
-def test_labels_reach_conditional_models_and_ema_swaps_generators():
+def test_labels_reach_conditional_models_and_ema_passes_through():
     model = ConditionalStub()
     images = sample_images(model, 6, labels=[2, 7], batch_size=4)
     assert images[:, 0, 0, 0].tolist() == [57, 198, 57, 198, 57, 198]  # round(255 * c / 9)
@@ -114,15 +198,19 @@ def test_labels_reach_conditional_models_and_ema_swaps_generators():
     class WithEma(GenerativeModel):
         def __init__(self):
             super().__init__(1, 8, [0.0, 1.0])
-            self.generator, self.ema_generator = nn.Identity(), nn.Identity()
+            self.generator_ema = nn.Identity()
 
-        def sample(self, n, generator=None):
-            seen.append(self.generator)
+        def sample(self, n, generator=None, ema=None):
+            seen.append(ema)
             return torch.zeros(n, 1, 8, 8)
 
     seen, model = [], WithEma()
-    sample_images(model, 2, ema=True)
-    assert seen == [model.ema_generator] and model.generator is not model.ema_generator
+    for ema in (None, False, True):
+        sample_images(model, 2, ema=ema)
+    assert seen == [None, False, True]
+    model.generator_ema = None
+    with pytest.raises(GenmodelsError, match="EMA copy of its generator"):
+        sample_images(model, 2, ema=True)
 
 
 def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache):
@@ -141,6 +229,15 @@ def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache)
         assert np.isfinite(metrics[name]), name
     assert metrics["fd_classifier"] > 0 and 1 <= metrics["modes_covered"] <= 10
     assert metrics["classifier_accuracy_real"] > 0.7
+    # The NLL follows the likelihood module's own convention for a run's split (its
+    # images scaled as in training), with evaluate's seed and batch size.
+    from genmodels.metrics.likelihood import importance_sampled_nll, negative_elbo, split_images
+
+    model, images = load_model(vae_run), split_images(str(vae_run), "test")
+    expected = importance_sampled_nll(model, images, k=4, batch_size=cfg.batch_size,
+                                      generator=torch.Generator().manual_seed(0))
+    assert metrics["nll_importance_sampled"] == pytest.approx(expected, rel=1e-6)
+    assert 0 < metrics["nll_importance_sampled"] < negative_elbo(model, images) + 5
     events = EventAccumulator(str(vae_run / "tensorboard" / "evaluation" / "last_test"))
     events.Reload()
     assert "eval/fd_classifier" in events.Tags()["scalars"]

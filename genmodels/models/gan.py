@@ -194,9 +194,14 @@ class GAN(GenerativeModel):
         return self.discriminator(images, labels)
 
     def sample(self, n: int, generator: torch.Generator | None = None,
-               labels: torch.Tensor | list[int] | None = None) -> torch.Tensor:
-        """n images (from the EMA generator when on); a conditional GAN draws the classes
-        in `labels` (n of them; by default 0, 1, ..., num_classes - 1, 0, 1, ...)."""
+               labels: torch.Tensor | list[int] | None = None,
+               ema: bool | None = None) -> torch.Tensor:
+        """n images; a conditional GAN draws the classes in `labels` (n of them; by default
+        0, 1, ..., num_classes - 1, 0, 1, ...). ema: None uses the EMA copy of G when the
+        GAN keeps one, False the live G, True the EMA copy (an error if there is none)."""
+        if ema and self.generator_ema is None:
+            raise GenmodelsError("ema=true needs a GAN that keeps an EMA copy of its "
+                                 "generator; this one has none (set model.ema_decay).")
         if self.num_classes is None:
             if labels is not None:
                 raise GenmodelsError("labels were given, but this GAN is not conditional "
@@ -208,7 +213,8 @@ class GAN(GenerativeModel):
             if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
                 raise GenmodelsError(f"labels must be {n} class indices in [0, "
                                      f"{self.num_classes}), got {labels.tolist()}.")
-        network = self.generator_ema if self.generator_ema is not None else self.generator
+        use_ema = self.generator_ema is not None if ema is None else ema
+        network = self.generator_ema if use_ema else self.generator
         return self.generate(n, network, generator, labels)[0]
 
     @torch.no_grad()
