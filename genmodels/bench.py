@@ -28,6 +28,7 @@ from omegaconf import DictConfig, open_dict
 
 from genmodels.config import build
 from genmodels.models.gan import GAN
+from genmodels.nn.gan_losses import generator_loss
 from genmodels.speed import configure_backends, optimize_model
 from genmodels.training import train
 
@@ -125,16 +126,19 @@ def autoencoding_step(model, optimizer, x, y) -> None:
 
 
 def gan_step(model: GAN, optimizers, real, y) -> None:
-    """The GAN's two phases, as `GAN.training_step` does them (D frozen in the G phase)."""
+    """The GAN's two phases as `GAN.training_step` runs them with one D step per G step
+    (D frozen in the G phase); replay, penalties and EMA are left to the framework run."""
     d_optimizer, g_optimizer = optimizers
+    labels = y if model.num_classes is not None else None
     with torch.no_grad():
-        fake = model.generator(model.randn(len(real), model.latent_dim))
-    d_loss, _ = model.discriminator_loss(real, fake)
+        fake, fake_labels = model.generate(len(real))
+    d_loss = model.discriminator_losses(real, labels, fake, fake_labels)["d_loss"]
     d_optimizer.zero_grad(set_to_none=True)
     d_loss.backward()
     d_optimizer.step()
     model.discriminator.requires_grad_(False)
-    g_loss = model.generator_loss(model.generator(model.randn(len(real), model.latent_dim)))
+    fake, fake_labels = model.generate(len(real))
+    g_loss = generator_loss(model.loss, model.discriminate(fake, fake_labels))
     g_optimizer.zero_grad(set_to_none=True)
     g_loss.backward()
     g_optimizer.step()

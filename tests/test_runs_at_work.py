@@ -162,10 +162,11 @@ def test_optuna_sweep_with_joblib_records_a_diverged_trial_and_goes_on(tmp_path)
         assert (job / ".hydra" / "config.yaml").exists() and (job / "summary.json").exists()
 
 
-def test_benchmark_prints_framework_and_bare_loop_speeds(capsys):
+@pytest.mark.parametrize("model", ["vae", "dcgan"])
+def test_benchmark_prints_framework_and_bare_loop_speeds(model, capsys):
     from genmodels import bench
 
-    result = bench.main(["model=vae", "trainer=cpu", "trainer.enable_progress_bar=false",
+    result = bench.main([f"model={model}", "trainer=cpu", "trainer.enable_progress_bar=false",
                          "dataset.batch_size=64", "--steps", "6", "--warmup", "2",
                          "--rounds", "1"])
     assert result["framework"] > 0 and result["bare"] > 0
