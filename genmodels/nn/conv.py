@@ -19,6 +19,18 @@ def same_padding(kernel_size: int) -> int:
     return kernel_size // 2
 
 
+def start_size(image_size: int, num_doublings: int, network: str) -> int:
+    """The feature-map size from which `num_doublings` size doublings reach image_size."""
+    factor = 2**num_doublings
+    if image_size % factor:
+        raise GenmodelsError(
+            f"{network} with {num_doublings} upsampling layers needs image_size divisible"
+            f" by {factor}, got {image_size}; valid sizes include"
+            f" {', '.join(str(factor * k) for k in (4, 7, 8, 16))}."
+        )
+    return image_size // factor
+
+
 class DCGANGenerator(nn.Module):
     """z -> dense -> (widths[0], s, s) -> stride-2 transposed convs -> image.
 
@@ -33,14 +45,7 @@ class DCGANGenerator(nn.Module):
                  batch_norm: bool = True):
         super().__init__()
         check_image_shape(channels, image_size)
-        factor = 2 ** len(widths)
-        if image_size % factor:
-            raise GenmodelsError(
-                f"DCGANGenerator with {len(widths)} upsampling layers needs image_size divisible"
-                f" by {factor}, got {image_size}; valid sizes include"
-                f" {', '.join(str(factor * k) for k in (4, 7, 8, 16))}."
-            )
-        start = image_size // factor
+        start = start_size(image_size, len(widths), "DCGANGenerator")
         pad = same_padding(kernel_size)
         layers: list[nn.Module] = [
             nn.Linear(latent_dim, widths[0] * start * start),
@@ -77,12 +82,7 @@ class UpsampleGenerator(nn.Module):
                  output_activation: str = "sigmoid"):
         super().__init__()
         check_image_shape(channels, image_size)
-        factor = 2 ** len(widths)
-        if image_size % factor:
-            raise GenmodelsError(
-                f"UpsampleGenerator with {len(widths)} upsampling layers needs image_size "
-                f"divisible by {factor}, got {image_size}.")
-        start = image_size // factor
+        start = start_size(image_size, len(widths), "UpsampleGenerator")
         layers: list[nn.Module] = [nn.Linear(latent_dim, widths[0] * start * start),
                                    make_activation(activation),
                                    nn.Unflatten(1, (widths[0], start, start))]
