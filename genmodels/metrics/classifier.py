@@ -21,11 +21,11 @@ from genmodels.errors import GenmodelsError
 
 log = logging.getLogger(__name__)
 
-# Part of the cache key: bump it when ImageClassifier or its training changes.
+# Part of the cache key: bump it when FeatureClassifier or its training changes.
 CLASSIFIER_VERSION = 2
 
 
-class ImageClassifier(nn.Module):
+class FeatureClassifier(nn.Module):
     """Three conv blocks, pooling to 4x4, a `feature_dim` hidden layer, logits.
 
     Takes uint8 images (N, channels, H, W) of any size (what the datasets and the
@@ -65,7 +65,7 @@ class ImageClassifier(nn.Module):
 class FeatureExtractor(nn.Module):
     """The classifier's features, as the `feature` module torchmetrics' FID/KID call."""
 
-    def __init__(self, classifier: ImageClassifier):
+    def __init__(self, classifier: FeatureClassifier):
         super().__init__()
         self.classifier = classifier
         self.num_features = classifier.num_features
@@ -82,7 +82,7 @@ class ChannelwiseClassifier(nn.Module):
     100 * red digit + 10 * green digit + blue digit (1000 modes).
     """
 
-    def __init__(self, digit_classifier: ImageClassifier, channels: int = 3):
+    def __init__(self, digit_classifier: FeatureClassifier, channels: int = 3):
         super().__init__()
         self.digit_classifier, self.channels = digit_classifier, channels
         self.num_classes = digit_classifier.num_classes ** channels
@@ -104,8 +104,8 @@ class ChannelwiseClassifier(nn.Module):
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                      epochs: int = 5, batch_size: int = 64, lr: float = 3e-3,
-                     seed: int = 0) -> ImageClassifier:
-    """Fit an ImageClassifier to uint8 images with cross-entropy (Adam, light random
+                     seed: int = 0) -> FeatureClassifier:
+    """Fit a FeatureClassifier to uint8 images with cross-entropy (Adam, light random
     shifts so that the features do not depend on exact pixel positions).
 
     Gradients are switched on explicitly: the training-time callback calls this from
@@ -117,7 +117,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: in
 
 def _train_classifier(images, labels, num_classes, epochs, batch_size, lr, seed):
     torch.manual_seed(seed)
-    classifier = ImageClassifier(images.shape[1], num_classes).to(images.device)
+    classifier = FeatureClassifier(images.shape[1], num_classes).to(images.device)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=max(1, epochs * (len(images) // batch_size or 1)))
@@ -166,7 +166,7 @@ def labelled_training_images(datamodule) -> tuple[torch.Tensor, torch.Tensor, in
 
 def classifier_for(datamodule, cache_dir: str | Path, epochs: int = 5, seed: int = 0):
     """The feature classifier of a (set up) datamodule: loaded from `cache_dir`, or
-    trained on its training split and cached there. Returns an ImageClassifier, or a
+    trained on its training split and cached there. Returns a FeatureClassifier, or a
     ChannelwiseClassifier for Stacked MNIST."""
     images, labels, num_classes = labelled_training_images(datamodule)
     digest = hashlib.sha1()
@@ -178,7 +178,7 @@ def classifier_for(datamodule, cache_dir: str | Path, epochs: int = 5, seed: int
             f"{datamodule.name}_{size}px_{channels}ch_{digest.hexdigest()[:12]}.pt")
     if path.exists():
         state = torch.load(path, map_location="cpu", weights_only=True)
-        classifier = ImageClassifier(channels, num_classes)
+        classifier = FeatureClassifier(channels, num_classes)
         classifier.load_state_dict(state)
         classifier.eval()
     else:
