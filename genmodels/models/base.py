@@ -74,7 +74,10 @@ class GenerativeModel(L.LightningModule):
         for name, value in losses.items():
             total, count = self._epoch_loss_sums.get(name, (0.0, 0))
             self._epoch_loss_sums[name] = (total + value.detach(), count + 1)
-        if self.trainer._logger_connector.should_update_logs:  # Lightning writes this step
+        # Lightning's own test of whether its loggers write this step (a private attribute:
+        # without it, log every step rather than fail).
+        connector = getattr(self.trainer, "_logger_connector", None)
+        if connector is None or connector.should_update_logs:
             for name, value in losses.items():
                 self.log(f"train/{name}_step", value, prog_bar=name in self.progress_bar_metrics,
                          on_step=True, on_epoch=False)
