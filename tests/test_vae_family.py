@@ -53,13 +53,13 @@ def test_every_vae_learns_a_batch_of_digits(name, digits, tmp_path):
     shape = [] if name.startswith("vae") else ["dataset.image_size=16"]
     if name == "faces_vae":
         shape.append("dataset.channels=3")
+    torch.manual_seed(0)
     model = build_model(tmp_path, f"model={name}", *shape)
     x = digits[:16].expand(-1, model.image_shape[0], -1, -1)
     x = torch.nn.functional.interpolate(x, size=model.image_shape[1:])
     optimizer = model.configure_optimizers()
     if name == "beta_vae":  # its default lr (1e-4) needs more than a few steps
         optimizer.param_groups[0]["lr"] = 1e-3
-    torch.manual_seed(0)
     losses = []
     for _ in range(10):
         terms = model.losses((x, None))

@@ -192,8 +192,10 @@ class InMemoryImageDataModule(L.LightningDataModule):
         if self.binarize:
             # Evaluation always sees one fixed stochastic binarization (a seeded draw), as
             # papers do, so that every epoch and every model scores the same images.
+            test_is_val = test is val  # test_fraction=0: score the very same images
             val = stochastic_binarization(val[0], self.seed + 2), val[1]
-            test = stochastic_binarization(test[0], self.seed + 3), test[1]
+            test = val if test_is_val else (stochastic_binarization(test[0], self.seed + 3),
+                                            test[1])
             if self.binarize == "static":
                 train = stochastic_binarization(train[0], self.seed + 4), train[1]
         self.splits = {name: (images.to(device), labels.to(device))

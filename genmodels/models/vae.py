@@ -86,7 +86,8 @@ class VAE(GenerativeModel):
         if learn_gaussian_std and likelihood == "gaussian":
             self.log_gaussian_std = nn.Parameter(log_std)
         else:
-            self.register_buffer("log_gaussian_std", log_std)
+            # Not saved: checkpoints of fixed-std models keep the keys they always had.
+            self.register_buffer("log_gaussian_std", log_std, persistent=False)
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z|x)."""
