@@ -8,6 +8,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
+from genmodels.callbacks.outputs import is_drawing_epoch, log_figure
+
 
 class AggregatePosterior(L.Callback):
     """Every `every_n_epochs` validation epochs (opt-in: `callbacks=vae`), encodes the
@@ -31,8 +33,7 @@ class AggregatePosterior(L.Callback):
         self.variances: list[torch.Tensor] = []
 
     def active(self, trainer, pl_module) -> bool:
-        return (not trainer.sanity_checking and trainer.is_global_zero
-                and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        return (is_drawing_epoch(trainer, self.every_n_epochs)
                 and callable(getattr(pl_module, "encode", None)))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
@@ -56,20 +57,16 @@ class AggregatePosterior(L.Callback):
         if variances is not None:
             aggregate_var = means.var(0) + variances.mean(0)
         figure = self.figure(means, aggregate_var)
+        log_figure(trainer, "latent/aggregate_posterior", figure, self.save_dir,
+                   file_stem="aggregate_posterior")
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure("latent/aggregate_posterior", figure,
-                                             global_step=trainer.current_epoch)
                 logger.experiment.add_scalar("latent/mean_abs_mean", means.mean(0).abs().mean(),
                                              global_step=trainer.current_epoch)
                 if aggregate_var is not None:
                     logger.experiment.add_scalar("latent/aggregate_variance",
                                                  aggregate_var.mean(),
                                                  global_step=trainer.current_epoch)
-        if self.save_dir:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            figure.savefig(self.save_dir /
-                           f"aggregate_posterior_epoch{trainer.current_epoch:04d}.png")
 
     def figure(self, means: torch.Tensor, aggregate_var: torch.Tensor | None) -> Figure:
         dims = min(self.max_dims, means.shape[1])

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from torchvision.utils import make_grid, save_image
+
+from genmodels.callbacks.outputs import is_drawing_epoch, keep_first, log_image_grid
 
 
 class ImageGrids(L.Callback):
@@ -33,17 +33,11 @@ class ImageGrids(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                                 dataloader_idx=0):
-        if self.val_images is None:
-            self.val_images = batch[0][: self.num_reconstructions].detach()
-        elif len(self.val_images) < self.num_reconstructions:
-            images = torch.cat([self.val_images, batch[0].detach()])
-            self.val_images = images[: self.num_reconstructions]
+        self.val_images = keep_first(self.val_images, batch[0], self.num_reconstructions)
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not is_drawing_epoch(trainer, self.every_n_epochs):
             return
         was_training = pl_module.training
         pl_module.eval()
@@ -67,16 +61,7 @@ class ImageGrids(L.Callback):
                 grids["denoising"] = interleave_rows(triplets, row_length=8)
         pl_module.train(was_training)
         for name, images in grids.items():
-            self.log_grid(trainer, name, pl_module.to_unit_range(images))
-
-    def log_grid(self, trainer, name: str, images: torch.Tensor) -> None:
-        grid = make_grid(images.cpu(), nrow=8, padding=2, pad_value=1.0)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(name, grid, global_step=trainer.current_epoch)
-        if self.save_dir:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            save_image(grid, self.save_dir / f"{name}_epoch{trainer.current_epoch:04d}.png")
+            log_image_grid(trainer, name, pl_module.to_unit_range(images), 8, self.save_dir)
 
 
 def interleave_rows(pairs: torch.Tensor, row_length: int) -> torch.Tensor:

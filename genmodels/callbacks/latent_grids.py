@@ -4,23 +4,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
-from torchvision.utils import make_grid, save_image
 
 from genmodels import latent
-
-
-def log_image_grid(trainer, name: str, images: torch.Tensor, nrow: int,
-                   save_dir: Path | None) -> None:
-    """A grid of [0, 1] images to TensorBoard (when it is a logger) and to a PNG file."""
-    grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=1.0)
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(name, grid, global_step=trainer.current_epoch)
-    if save_dir:
-        save_dir.mkdir(parents=True, exist_ok=True)
-        filename = name.replace("/", "_") + f"_epoch{trainer.current_epoch:04d}.png"
-        save_image(grid, save_dir / filename)
+from genmodels.callbacks.outputs import is_drawing_epoch, keep_first, log_image_grid
 
 
 class LatentGrids(L.Callback):
@@ -48,16 +34,11 @@ class LatentGrids(L.Callback):
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                                 dataloader_idx=0):
-        wanted = 2 * self.num_interpolations
-        if self.val_images is None or len(self.val_images) < wanted:
-            seen = [] if self.val_images is None else [self.val_images]
-            self.val_images = torch.cat([*seen, batch[0][:wanted].detach()])[:wanted]
+        self.val_images = keep_first(self.val_images, batch[0], 2 * self.num_interpolations)
 
     @torch.no_grad()
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or not trainer.is_global_zero:
-            return
-        if (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not is_drawing_epoch(trainer, self.every_n_epochs):
             return
         if not all(callable(getattr(pl_module, m, None)) for m in ("encode", "decode")):
             return

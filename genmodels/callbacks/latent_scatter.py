@@ -11,6 +11,8 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
+from genmodels.callbacks.outputs import is_drawing_epoch, log_figure
+
 log = logging.getLogger(__name__)
 
 
@@ -41,17 +43,14 @@ class LatentScatter(L.Callback):
         self.images: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
 
-    def _due(self, trainer) -> bool:
-        return (not trainer.sanity_checking and trainer.is_global_zero
-                and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
-
     def on_validation_epoch_start(self, trainer, pl_module):
         self.images, self.labels = [], []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
                                 dataloader_idx=0):
         held = sum(len(x) for x in self.images)
-        if not self._due(trainer) or held >= self.max_points or not hasattr(pl_module, "encode"):
+        wanted = is_drawing_epoch(trainer, self.every_n_epochs) and held < self.max_points
+        if not wanted or not hasattr(pl_module, "encode"):
             return
         images, labels = batch
         self.images.append(images[: self.max_points - held].detach())
@@ -72,18 +71,12 @@ class LatentScatter(L.Callback):
         figure = scatter_figure(points, labels.numpy(),
                                 f"{type(pl_module).__name__} codings ({method}), "
                                 f"epoch {trainer.current_epoch}")
-        step = trainer.current_epoch
+        log_figure(trainer, "latent_scatter", figure, self.save_dir)
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure("latent_scatter", figure, global_step=step,
-                                             close=False)
-                if self.embedding:
-                    logger.experiment.add_embedding(
-                        codings, metadata=labels.tolist(), global_step=step, tag="codings",
-                        label_img=pl_module.to_unit_range(images).cpu())
-        if self.save_dir:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            figure.savefig(self.save_dir / f"latent_scatter_epoch{step:04d}.png", dpi=100)
+            if isinstance(logger, TensorBoardLogger) and self.embedding:
+                logger.experiment.add_embedding(
+                    codings, metadata=labels.tolist(), global_step=trainer.current_epoch,
+                    tag="codings", label_img=pl_module.to_unit_range(images).cpu())
 
     def to_2d(self, codings: np.ndarray) -> tuple[np.ndarray, str]:
         """The codings themselves if they are 1-D or 2-D, else their t-SNE embedding."""
