@@ -5,8 +5,10 @@
 The framework run is `genmodels.training.train` on the composed config (Hydra + Lightning
 + data module + the configured callbacks, loggers and progress bar, with validation and
 testing off). The bare loop trains the same model class, built from the same config, with
-the same optimizers on the same in-memory tensors: index a batch, scale it, compute the
-same losses, backward, step. Both count training images per second over `--steps`
+the same optimizers on the same in-memory batches: scale, compute the same losses,
+backward, step. For a GAN it does every option of `GAN.training_step` (d_steps/g_steps,
+half_batch, replay, penalties, EMA, growth; tests/test_bench.py checks that it ends with
+the framework's weights); it runs trainer.precision 32 and bf16-mixed and refuses others. Both count training images per second over `--steps`
 batches after `--warmup` batches, so epoch boundaries (shuffling, per-epoch checkpoints,
 logging) fall inside the framework's measurement. The two alternate `--rounds` times, so
 that a machine shared with other work slows both alike; the medians and the median of
@@ -14,7 +16,9 @@ the rounds' ratios are printed.
 """
 
 import argparse
+import contextlib
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,9 +28,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, open_dict
 
 from genmodels.config import build
+from genmodels.errors import GenmodelsError
 from genmodels.models.gan import GAN
 from genmodels.nn.gan_losses import generator_loss
 from genmodels.speed import configure_backends, optimize_model
@@ -62,7 +68,13 @@ def synchronize(device: torch.device) -> None:
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        try:
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        except MissingConfigException as error:
+            raise GenmodelsError(unknown_config_message(error, overrides)) from None
+        except HydraException as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise GenmodelsError(f"Bad override in {' '.join(overrides)}: {first_line}") from None
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
         cfg.test = False
@@ -72,6 +84,16 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     with open_dict(cfg):
         del cfg.hydra
     return cfg
+
+
+def unknown_config_message(error: MissingConfigException, overrides: list[str]) -> str:
+    """One sentence for `model=vea`: the bad choice and the valid ones."""
+    group = Path(error.missing_cfg_file or "").parent.name
+    bad = next((o for o in overrides if o.split("=")[0].lstrip("+~") == group), None)
+    choices = ", ".join(error.options or [])
+    if bad is None or not choices:
+        return str(error).strip().splitlines()[0]
+    return f"Unknown config {bad!r}; valid choices for {group}: {choices}."
 
 
 def framework_speed(cfg: DictConfig, warmup: int, steps: int) -> float:
@@ -92,70 +114,181 @@ def bare_speed(cfg: DictConfig, warmup: int, steps: int) -> float:
                           and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu")
     datamodule = build(cfg.dataset)
     datamodule.setup("fit")
-    images, labels = (t.to(device) for t in datamodule.splits["train"])
+    datamodule.splits["train"] = tuple(t.to(device) for t in datamodule.splits["train"])
     model = optimize_model(build(cfg.model), cfg.get("speed")).to(device).train()
-    optimizers = model.configure_optimizers()
-    step = gan_step if isinstance(model, GAN) else autoencoding_step
-    batch_size, n = cfg.dataset.batch_size, len(images)
-    batches_per_epoch = n // batch_size
-    done, epoch = 0, 0
+    step = bare_step(model, cfg.trainer.precision)
+    # The framework's own batch loader (in-memory indexing, the same per-epoch permutation);
+    # without a Trainer it counts epochs itself.
+    loader = datamodule.train_dataloader()
+    dynamic = datamodule.binarize == "dynamic"
+    done = 0
     while True:
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        order = order.to(device)
-        for i in range(batches_per_epoch):
-            index = order[i * batch_size : (i + 1) * batch_size]
-            step(model, optimizers, datamodule.scale(images[index]), labels[index])
+        for images, labels in loader:
+            step(datamodule.scale(images, dynamic_binarization=dynamic), labels)
             done += 1
             if done == warmup:
                 synchronize(device)
                 start = time.perf_counter()
             elif done == warmup + steps:
                 synchronize(device)
-                return steps * batch_size / (time.perf_counter() - start)
-        epoch += 1
+                return steps * cfg.dataset.batch_size / (time.perf_counter() - start)
+        step.epoch_end()
 
 
-def autoencoding_step(model, optimizer, x, y) -> None:
-    """One step of a model trained by automatic optimization on `losses(batch)["loss"]`."""
-    if isinstance(optimizer, dict):
-        optimizer = optimizer["optimizer"]
-    loss = model.losses((x, y))["loss"]
+BARE_PRECISIONS = ("32", "32-true", "bf16-mixed")
+
+
+def bare_step(model, precision) -> "BareStep":
+    """The bare loop's step for `model` under `trainer.precision`."""
+    if str(precision) not in BARE_PRECISIONS:
+        raise GenmodelsError(
+            f"The benchmark's bare loop reproduces trainer.precision {', '.join(BARE_PRECISIONS)}"
+            f", not {precision!r} (its GradScaler steps are Lightning's); pick one of those.")
+    return (BareGANStep if isinstance(model, GAN) else BareAutoencodingStep)(model, precision)
+
+
+class BareStep:
+    """One training batch in plain PyTorch, under the precision Lightning would use
+    (bf16-mixed: autocast around the whole step, without its weight-cast cache, as
+    Lightning wraps `training_step`: a cache would keep D's pre-step weights for G's step)."""
+
+    def __init__(self, model, precision):
+        self.model = model
+        self.optimizers = model.configure_optimizers()
+        self.autocast = str(precision) == "bf16-mixed"
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.autocast(images.device.type, torch.bfloat16, enabled=self.autocast,
+                            cache_enabled=False):
+            self.step(images, labels)
+
+    def step(self, images, labels) -> None:
+        raise NotImplementedError
+
+    def epoch_end(self) -> None:
+        pass
+
+
+class BareAutoencodingStep(BareStep):
+    """A model trained by automatic optimization on `losses(batch)["loss"]`, with its
+    epoch-wise LR scheduler if it has one. Schedules read from the Trainer (beta-VAE
+    capacity, greedy phases) stay at their first step: the same cost per step."""
+
+    def __init__(self, model, precision):
+        super().__init__(model, precision)
+        self.scheduler = None
+        if isinstance(self.optimizers, dict):
+            self.scheduler = self.optimizers.get("lr_scheduler")
+            self.optimizers = self.optimizers["optimizer"]
+
+    def step(self, x, y) -> None:
+        loss = self.model.losses((x, y))["loss"]
+        self.optimizers.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizers.step()
+
+    def epoch_end(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+
+class BareGANStep(BareStep):
+    """`GAN.training_step` without Lightning: the same phases, options (half_batch,
+    replay, penalties, d_steps/g_steps, EMA, growth) and random draws in the same order,
+    with none of Lightning's hooks, logging, or the module's divergence checks.
+    tests/test_bench.py checks that it ends with the framework's weights, bit for bit."""
+
+    def __init__(self, model: GAN, precision):
+        super().__init__(model, precision)
+        self.d_optimizer, self.g_optimizer = self.optimizers
+        self.d_steps_taken = 0  # the module derives this from Lightning's global_step
+
+    def step(self, real, labels) -> None:
+        gan = self.model
+        real, labels = gan.real_batch((real, labels))
+        batch_size = len(real)
+        if gan.growth is not None:
+            gan.grow(self.d_steps_taken * batch_size)
+        # Phase 1: D
+        if gan.half_batch:
+            real = real[: len(real) // 2]
+            labels = labels[: len(real)] if labels is not None else None
+        with torch.no_grad():
+            fake, fake_labels = gan.generate(len(real))
+        if gan.replay is not None:
+            fake, fresh = gan.replay.mix(fake), fake
+            gan.replay.push(fresh)
+        with only_trainable_by(self.d_optimizer, self.optimizers):
+            d_loss = gan.discriminator_losses(real, labels, fake, fake_labels)["d_loss"]
+            take_step(self.d_optimizer, d_loss)
+        self.d_steps_taken += 1
+        # Phase 2: G, after every d_steps-th D step
+        if self.d_steps_taken % gan.d_steps:
+            return
+        for _ in range(gan.g_steps):
+            with only_trainable_by(self.g_optimizer, self.optimizers):
+                fake, fake_labels = gan.generate(batch_size)
+                take_step(self.g_optimizer,
+                          generator_loss(gan.loss, gan.discriminate(fake, fake_labels)))
+            gan.update_generator_ema()
+
+
+def take_step(optimizer, loss: torch.Tensor) -> None:
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
-def gan_step(model: GAN, optimizers, real, y) -> None:
-    """The GAN's two phases as `GAN.training_step` runs them with one D step per G step
-    (D frozen in the G phase); replay, penalties and EMA are left to the framework run."""
-    d_optimizer, g_optimizer = optimizers
-    labels = y if model.num_classes is not None else None
-    with torch.no_grad():
-        fake, fake_labels = model.generate(len(real))
-    d_loss = model.discriminator_losses(real, labels, fake, fake_labels)["d_loss"]
-    d_optimizer.zero_grad(set_to_none=True)
-    d_loss.backward()
-    d_optimizer.step()
-    model.discriminator.requires_grad_(False)
-    fake, fake_labels = model.generate(len(real))
-    g_loss = generator_loss(model.loss, model.discriminate(fake, fake_labels))
-    g_optimizer.zero_grad(set_to_none=True)
-    g_loss.backward()
-    g_optimizer.step()
-    model.discriminator.requires_grad_(True)
+@contextlib.contextmanager
+def only_trainable_by(optimizer, optimizers):
+    """Lightning's `toggle_optimizer`/`untoggle_optimizer`: only `optimizer`'s parameters
+    require gradients inside (the other network is frozen), then every flag is restored."""
+    state = {}
+    for other in optimizers:
+        for group in other.param_groups:
+            for param in group["params"]:
+                state.setdefault(param, param.requires_grad)
+                param.requires_grad = False
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            param.requires_grad = state[param]
+    try:
+        yield
+    finally:
+        for param, flag in state.items():
+            param.requires_grad = flag
+
+
+def positive_int(minimum: int):
+    """An argparse type: an integer >= minimum, or one sentence naming the bad value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="config overrides, as for train.py")
-    parser.add_argument("--steps", type=int, default=200, help="measured batches per round")
-    parser.add_argument("--warmup", type=int, default=20, help="unmeasured batches first")
-    parser.add_argument("--rounds", type=int, default=3, help="framework/bare alternations")
+    parser.add_argument("--steps", type=positive_int(1), default=200,
+                        help="measured batches per round")
+    # At least one: the first batch pays for one-time setup (allocations, lazy init).
+    parser.add_argument("--warmup", type=positive_int(1), default=20,
+                        help="unmeasured batches first (>= 1)")
+    parser.add_argument("--rounds", type=positive_int(1), default=3,
+                        help="framework/bare alternations")
     args = parser.parse_args(argv)
     overrides = ["logger=csv", *args.overrides]
     framework, bare = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        # Compose (and check) the config before anything runs.
+        compose_config(overrides, Path(tmp) / "check")
         for round_ in range(args.rounds):
             cfg = compose_config(overrides, Path(tmp) / f"run{round_}")
             # Alternate which goes first, so that neither always runs on a warmer machine.
@@ -179,4 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except GenmodelsError as error:
+        sys.exit(f"Error: {error}")

@@ -131,7 +131,7 @@ class GAN(GenerativeModel):
         fake_out = self.discriminate(fake, fake_labels).float()
         logs = {"d_loss": discriminator_loss(self.loss, real_out, fake_out, self.label_smoothing)}
         if self.penalty is not None and torch.is_grad_enabled():
-            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            scaler = self.grad_scaler
             if self.penalty == "gradient_penalty":
                 penalty = gradient_penalty(lambda x: self.discriminate(x, labels), real, fake,
                                            scaler)
@@ -151,7 +151,7 @@ class GAN(GenerativeModel):
         params = [p for group in optimizer.param_groups for p in group["params"]
                   if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scaler = self.grad_scaler
         if scaler is not None:
             # 16-mixed: grads are scaled, and inf grads are normal (the scaler skips them).
             grad_norm = grad_norm / scaler.get_scale()
@@ -162,6 +162,14 @@ class GAN(GenerativeModel):
             self.stop_diverged(network, loss, grad_norm)
         optimizer.step()
         return grad_norm
+
+    @property
+    def grad_scaler(self):
+        """16-mixed precision's GradScaler; None under other precisions or without a
+        Trainer (the benchmark's bare loop computes the same losses without one)."""
+        if self._trainer is None:
+            return None
+        return getattr(self._trainer.precision_plugin, "scaler", None)
 
     def stop_diverged(self, network: str, loss: torch.Tensor, grad_norm: torch.Tensor):
         callback = self.trainer.checkpoint_callback

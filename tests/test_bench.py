@@ -1,0 +1,95 @@
+"""The benchmark (genmodels.bench): its bare loop does the module's math, and bad input
+gets one sentence (issues 10, 11, 13)."""
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from genmodels import bench
+from genmodels.config import build
+from genmodels.errors import GenmodelsError
+
+from .conftest import CONF, compose_config
+from .test_gans import VARIANTS
+
+GAN_CONFIGS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
+                     if yaml.safe_load(p.read_text()).get("_target_") == "genmodels.models.GAN")
+# The bare loop's options on top of each config's own: d_steps and replay where the
+# tiny variant does not already use them.
+EXTRA = {"gan": ["+model.d_steps=2", "+model.replay_capacity=24", "+model.ema_decay=0.5"],
+         "gan_upsample": ["+model.replay_capacity=8", "+model.penalty=gradient_penalty"]}
+
+
+class ReseedAndRecord(L.Callback):
+    """Seeds the global RNG before every batch and keeps the (scaled) batch, so the bare
+    loop can replay the same batches with the same random draws."""
+
+    def __init__(self):
+        self.batches = []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        torch.manual_seed(1000 + batch_idx)
+        self.batches.append(tuple(t.clone() for t in batch))
+
+
+def test_every_gan_config_has_a_tiny_variant():
+    assert set(GAN_CONFIGS) == set(VARIANTS), "add the new GAN config to test_gans.VARIANTS"
+
+
+@pytest.mark.parametrize("name", GAN_CONFIGS)
+def test_bare_gan_loop_ends_with_the_framework_weights(name, tmp_path):
+    cfg = compose_config(["dataset=digits", "dataset.batch_size=8", f"model={name}",
+                          *VARIANTS[name], *EXTRA.get(name, [])], tmp_path)
+    torch.manual_seed(0)
+    framework_gan = build(cfg.model)
+    torch.manual_seed(0)
+    bare_gan = build(cfg.model)
+    recorder = ReseedAndRecord()
+    batches = 6 if framework_gan.growth is None else 10  # ProGAN: through a fade-in
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
+                        logger=False, callbacks=[recorder], enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", precision=cfg.trainer.precision)
+    trainer.fit(framework_gan, build(cfg.dataset))
+
+    step = bench.bare_step(bare_gan.train(), cfg.trainer.precision)
+    for i, (images, labels) in enumerate(recorder.batches):
+        torch.manual_seed(1000 + i)
+        step(images, labels)
+
+    assert len(recorder.batches) == batches
+    expected, actual = framework_gan.state_dict(), bare_gan.state_dict()
+    assert expected.keys() == actual.keys()
+    differing = [k for k in expected if not torch.equal(expected[k], actual[k])]
+    assert not differing, differing
+    assert framework_gan.discriminator_steps == step.d_steps_taken == batches
+    if framework_gan.replay is not None:
+        filled = framework_gan.replay.filled
+        assert filled == bare_gan.replay.filled > 0
+        assert torch.equal(framework_gan.replay.images[:filled], bare_gan.replay.images[:filled])
+
+
+def test_bare_loop_refuses_a_precision_it_does_not_reproduce():
+    model = build(compose_config(["model=gan", "dataset=digits"]).model)
+    with pytest.raises(GenmodelsError, match="16-mixed"):
+        bench.bare_step(model, "16-mixed")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=vea"], "Unknown config 'model=vea'; valid choices for model: ae, "),
+    (["model.no_such_key=1"], "Could not override 'model.no_such_key'"),
+])
+def test_bench_refuses_bad_overrides_in_one_sentence(args, message):
+    with pytest.raises(GenmodelsError, match=message):
+        bench.main(args)
+
+
+@pytest.mark.parametrize("option, value", [("--steps", "-3"), ("--steps", "0"),
+                                           ("--warmup", "0"), ("--rounds", "0"),
+                                           ("--rounds", "x")])
+def test_bench_refuses_counts_below_one(option, value, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([option, value])
+    assert exit_.value.code == 2
+    assert f"argument {option}: must be an integer >= 1, got '{value}'" in capsys.readouterr().err
