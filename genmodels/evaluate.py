@@ -17,12 +17,12 @@ import logging
 from pathlib import Path
 
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from genmodels.config import build
 from genmodels.errors import GenmodelsError
 from genmodels.generate import checkpoint_of, from_uint8, sample_images, sampling_options
+from genmodels.hparams import curated_hparams, log_hparams_session
 from genmodels.metrics.classifier import accuracy, classifier_for
 from genmodels.metrics.inception import check_inception_available, inception_metrics
 from genmodels.metrics.sample_quality import classifier_metrics
@@ -151,11 +151,10 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def log_to_tensorboard(run_dir: Path, name: str, config: dict, metrics: dict,
                        step: int) -> None:
-    """Scalars `eval/<metric>` and an HPARAMS session (the run's config with these
+    """Scalars `eval/<metric>` and an HPARAMS session (the run's hyperparameters with these
     metrics) in <run>/tensorboard/evaluation/<name>, so a sweep's runs can be ranked."""
-    logger = TensorBoardLogger(run_dir / "tensorboard", name="evaluation", version=name,
-                               default_hp_metric=False)
+    logged = run_dir / "tensorboard" / "hparams.yaml"  # what training logged, if anything
+    hparams = OmegaConf.to_container(OmegaConf.load(logged)) if logged.is_file() else None
     scalars = {f"eval/{k}": float(v) for k, v in metrics.items()}
-    logger.log_hyperparams(OmegaConf.create(config), metrics=scalars)
-    logger.log_metrics(scalars, step=step)
-    logger.finalize("success")
+    log_hparams_session(run_dir / "tensorboard" / "evaluation" / name,
+                        hparams or curated_hparams(config, run_dir), scalars, step)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from genmodels.callbacks import ConfigInCheckpoint, RNGStateInCheckpoint
 from genmodels.config import build, check_override_types
 from genmodels.errors import GenmodelsError
+from genmodels.hparams import curated_hparams, log_hparams_session
 from genmodels.runs import check_checkpoint, latest_checkpoint, resumed_config
 from genmodels.speed import configure_backends, optimize_model
 
@@ -79,19 +80,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                     strategy=choose_strategy(cfg.trainer.get("strategy", "auto"), model))
     save_config(config, output_dir)
+    hparams = curated_hparams(cfg, output_dir)
+    for logger in loggers:
+        # Kept by each logger and written to its hparams.yaml when training starts (the
+        # TensorBoard logger writes no event for it: default_hp_metric is false).
+        logger.log_hyperparams(hparams)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, verbose=False)
         metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
-    final = {f"hp/{k}": v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            # With final metrics, TensorBoard's HPARAMS view can rank the runs of a sweep.
-            logger.log_hyperparams(config, metrics=final)
-        else:
-            logger.log_hyperparams(config)
+    log_final_metrics(loggers, hparams, metrics, trainer.global_step)
     save_summary(metrics, cfg, trainer, output_dir)
     report(metrics, output_dir, loggers)
     return metrics
@@ -114,6 +114,17 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
                     name, metrics[name])
         return None
     return metrics[name]
+
+
+@rank_zero_only
+def log_final_metrics(loggers, hparams: dict, metrics: dict[str, float], step: int) -> None:
+    """The run's row in TensorBoard's HPARAMS view: its hyperparameters and final metrics
+    (`hp/val/...`, `hp/test/...`), by which the runs of a sweep can be ranked."""
+    final = {f"hp/{k}": v for k, v in metrics.items()
+             if k.startswith(("val/", "test/")) and not k.endswith("_step")}
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            log_hparams_session(Path(logger.log_dir) / "hparams", hparams, final, step)
 
 
 @rank_zero_only

@@ -34,6 +34,7 @@ from genmodels.runs import load_model
 from genmodels.training import train
 
 from .conftest import CONF, FAST, ROOT, compose_config
+from .test_tensorboard import hparams_table
 
 TINY = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3", "test=false",
         "callbacks.image_grids.save_dir=null"]
@@ -241,9 +242,11 @@ def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache)
     events = EventAccumulator(str(vae_run / "tensorboard" / "evaluation" / "last_test"))
     events.Reload()
     assert "eval/fd_classifier" in events.Tags()["scalars"]
-    hparams = events.PluginTagToContent("hparams")
-    assert b"eval/fd_classifier" in hparams["_hparams_/experiment"]
-    assert b"model/latent_dim" in hparams["_hparams_/session_start_info"]
+    # A row of its own in the HPARAMS table, with the run's hyperparameters.
+    table = hparams_table(vae_run / "tensorboard")
+    assert table["evaluation/last_test"]["hparams"] == table["hparams"]["hparams"]
+    assert table["evaluation/last_test"]["hparams"]["model"] == "vae"
+    assert "eval/fd_classifier" in table["evaluation/last_test"]["metrics"]
     with pytest.raises(GenmodelsError, match="refusing to overwrite"):
         evaluate(cfg)
 

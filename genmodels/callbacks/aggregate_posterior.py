@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
-from genmodels.callbacks.outputs import is_drawing_epoch, log_figure
+from genmodels.callbacks.outputs import is_drawing_epoch, log_figure, logging_step
 
 
 class AggregatePosterior(L.Callback):
@@ -62,11 +62,11 @@ class AggregatePosterior(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_scalar("latent/mean_abs_mean", means.mean(0).abs().mean(),
-                                             global_step=trainer.current_epoch)
+                                             global_step=logging_step(trainer))
                 if aggregate_var is not None:
                     logger.experiment.add_scalar("latent/aggregate_variance",
                                                  aggregate_var.mean(),
-                                                 global_step=trainer.current_epoch)
+                                                 global_step=logging_step(trainer))
 
     def figure(self, means: torch.Tensor, aggregate_var: torch.Tensor | None) -> Figure:
         dims = min(self.max_dims, means.shape[1])

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
-from genmodels.callbacks.outputs import is_drawing_epoch, log_figure
+from genmodels.callbacks.outputs import is_drawing_epoch, log_figure, logging_step
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class LatentScatter(L.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and self.embedding:
                 logger.experiment.add_embedding(
-                    codings, metadata=labels.tolist(), global_step=trainer.current_epoch,
+                    codings, metadata=labels.tolist(), global_step=logging_step(trainer),
                     tag="codings", label_img=pl_module.to_unit_range(images).cpu())
 
     def to_2d(self, codings: np.ndarray) -> tuple[np.ndarray, str]:

@@ -23,6 +23,15 @@ def keep_first(kept: torch.Tensor | None, images: torch.Tensor, wanted: int) -> 
     return torch.cat([*seen, images[:wanted].detach()])[:wanted]
 
 
+def logging_step(trainer) -> int:
+    """The step Lightning logs scalars at: the number of training batches that stepped the
+    optimizers (a GAN's `global_step` counts D's and G's steps apart). Pictures logged at
+    it line up with the curves in TensorBoard; their PNG files keep the epoch."""
+    epoch_loop = getattr(trainer.fit_loop, "epoch_loop", None)
+    # A private attribute: without it, fall back to the global step.
+    return getattr(epoch_loop, "_batches_that_stepped", trainer.global_step)
+
+
 def png_path(save_dir: Path, name: str, epoch: int) -> Path:
     save_dir.mkdir(parents=True, exist_ok=True)
     return save_dir / f"{name.replace('/', '_')}_epoch{epoch:04d}.png"
@@ -30,11 +39,12 @@ def png_path(save_dir: Path, name: str, epoch: int) -> Path:
 
 def log_image_grid(trainer, name: str, images: torch.Tensor, nrow: int,
                    save_dir: Path | None) -> None:
-    """A grid of [0, 1] images to TensorBoard (when it is a logger) and to a PNG file."""
+    """A grid of [0, 1] images to TensorBoard (when it is a logger), at the scalars' step,
+    and to a PNG file named by epoch."""
     grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=1.0)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(name, grid, global_step=trainer.current_epoch)
+            logger.experiment.add_image(name, grid, global_step=logging_step(trainer))
     if save_dir:
         save_image(grid, png_path(save_dir, name, trainer.current_epoch))
 
@@ -44,7 +54,7 @@ def log_figure(trainer, name: str, figure: Figure, save_dir: Path | None,
     """A matplotlib figure to TensorBoard (when it is a logger) and to a PNG file."""
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(name, figure, global_step=trainer.current_epoch,
+            logger.experiment.add_figure(name, figure, global_step=logging_step(trainer),
                                          close=False)
     if save_dir:
         figure.savefig(png_path(save_dir, file_stem or name, trainer.current_epoch), dpi=100)

@@ -3,6 +3,7 @@
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from genmodels.callbacks.outputs import logging_step
 from genmodels.errors import GenmodelsError
 from genmodels.models.autoencoder import AutoEncoder
 
@@ -79,7 +80,7 @@ class SparseAutoEncoder(AutoEncoder):
         codings = torch.cat(codings)
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                step = self.current_epoch
+                step = logging_step(self.trainer)
                 logger.experiment.add_histogram("codings/activations", codings, step)
                 logger.experiment.add_histogram("codings/neuron_mean_activations",
                                                 codings.mean(0), step)
