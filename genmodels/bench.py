@@ -194,7 +194,7 @@ class BareAutoencodingStep(BareStep):
 
 class BareGANStep(BareStep):
     """`GAN.training_step` without Lightning: the same phases, options (half_batch,
-    replay, penalties, d_steps/g_steps, EMA, growth) and random draws in the same order,
+    replay, penalties, d_steps/g_steps, EMA, growth, joint_d_batch, eval_generator_for_d) and random draws in the same order,
     with none of Lightning's hooks, logging, or the module's divergence checks.
     tests/test_bench.py checks that it ends with the framework's weights, bit for bit."""
 
@@ -213,8 +213,7 @@ class BareGANStep(BareStep):
         if gan.half_batch:
             real = real[: len(real) // 2]
             labels = labels[: len(real)] if labels is not None else None
-        with torch.no_grad():
-            fake, fake_labels = gan.generate(len(real))
+        fake, fake_labels = gan.fakes_for_discriminator(len(real))
         if gan.replay is not None:
             fake, fresh = gan.replay.mix(fake), fake
             gan.replay.push(fresh)

@@ -15,10 +15,10 @@ from .test_gans import VARIANTS
 
 GAN_CONFIGS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
                      if yaml.safe_load(p.read_text()).get("_target_") == "genmodels.models.GAN")
-# The bare loop's options on top of each config's own: d_steps and replay where the
-# tiny variant does not already use them.
+# Options on top of each config's own, so that every GAN option runs in some config.
 EXTRA = {"gan": ["+model.d_steps=2", "+model.replay_capacity=24", "+model.ema_decay=0.5"],
-         "gan_upsample": ["+model.replay_capacity=8", "+model.penalty=gradient_penalty"]}
+         "gan_upsample": ["+model.replay_capacity=8", "+model.penalty=gradient_penalty"],
+         "cgan": ["+model.joint_d_batch=true", "+model.eval_generator_for_d=true"]}
 
 
 class ReseedAndRecord(L.Callback):

@@ -12,7 +12,7 @@ from torch import nn
 
 from genmodels.errors import GenmodelsError
 from genmodels.models.base import GenerativeModel
-from genmodels.nn.gan_layers import ReplayBuffer, spectral_normalize
+from genmodels.nn.gan_layers import ReplayBuffer, spectral_normalize, uses_batch_statistics
 from genmodels.nn.gan_losses import (
     PENALTIES,
     check_loss,
@@ -46,7 +46,13 @@ class GAN(GenerativeModel):
       - `ema_decay`: keep an exponential moving average of G, used by `sample`;
       - `num_classes`: conditional GAN; G and D are called as G(z, y) and D(x, y);
       - `growth`: a progressive-growing schedule (genmodels/nn/progan.py) that sets the
-        resolution stage and fade-in of G and D from the number of images seen.
+        resolution stage and fade-in of G and D from the number of images seen;
+      - `joint_d_batch`: D scores reals and fakes in one forward on their concatenation
+        (as Geron's Keras loop does; faster), when D has no batch-statistics layers (batch
+        norm, minibatch stddev/discrimination), where it would mix the two: then two;
+      - `eval_generator_for_d`: D's fakes come from G in eval mode (batch norm with its
+        running statistics, which it then does not update), as `generator(noise)` does in
+        Geron's Keras loop; G's own steps always run it in training mode.
     Training stops with a GenmodelsError, before the bad step is taken, when a loss or a
     gradient norm is not finite.
     """
@@ -60,7 +66,8 @@ class GAN(GenerativeModel):
                  penalty_weight: float = 10.0, d_steps: int = 1, g_steps: int = 1,
                  half_batch: bool = False, replay_capacity: int = 0, replay_share: float = 0.5,
                  spectral_norm: bool = False, ema_decay: float | None = None,
-                 num_classes: int | None = None, growth=None):
+                 num_classes: int | None = None, growth=None, joint_d_batch: bool = False,
+                 eval_generator_for_d: bool = False):
         super().__init__(channels, image_size, value_range)
         self.automatic_optimization = False
         check_loss(loss, label_smoothing)
@@ -83,6 +90,8 @@ class GAN(GenerativeModel):
         self.d_steps, self.g_steps, self.half_batch = d_steps, g_steps, half_batch
         self.replay = ReplayBuffer(replay_capacity, replay_share) if replay_capacity else None
         self.ema_decay, self.growth = ema_decay, growth
+        self.joint_d_batch = joint_d_batch and not uses_batch_statistics(self.discriminator)
+        self.eval_generator_for_d = eval_generator_for_d
         self.generator_ema = None
         if ema_decay is not None:
             self.generator_ema = copy.deepcopy(generator).requires_grad_(False)
@@ -101,8 +110,7 @@ class GAN(GenerativeModel):
         if self.half_batch:  # half a batch of each, as many images as a G step sees
             real = real[: len(real) // 2]
             labels = labels[: len(real)] if labels is not None else None
-        with torch.no_grad():
-            fake, fake_labels = self.generate(len(real))
+        fake, fake_labels = self.fakes_for_discriminator(len(real))
         if self.replay is not None:
             fake, fresh = self.replay.mix(fake), fake
             self.replay.push(fresh)
@@ -125,10 +133,26 @@ class GAN(GenerativeModel):
             self.update_generator_ema()
         self._log_losses(g_logs, "train", len(fake))
 
+    @torch.no_grad()
+    def fakes_for_discriminator(self, n: int):
+        """n images (and labels) from G for a D step, without gradients."""
+        if not self.eval_generator_for_d:
+            return self.generate(n)
+        self.generator.eval()
+        try:
+            return self.generate(n)
+        finally:
+            self.generator.train()
+
     def discriminator_losses(self, real, labels, fake, fake_labels) -> dict[str, torch.Tensor]:
         """D's loss (plus penalty) and what D says about reals and fakes."""
-        real_out = self.discriminate(real, labels).float()
-        fake_out = self.discriminate(fake, fake_labels).float()
+        if self.joint_d_batch:
+            both_labels = None if labels is None else torch.cat([labels, fake_labels])
+            out = self.discriminate(torch.cat([real, fake.to(real.dtype)]), both_labels).float()
+            real_out, fake_out = out[: len(real)], out[len(real) :]
+        else:
+            real_out = self.discriminate(real, labels).float()
+            fake_out = self.discriminate(fake, fake_labels).float()
         logs = {"d_loss": discriminator_loss(self.loss, real_out, fake_out, self.label_smoothing)}
         if self.penalty is not None and torch.is_grad_enabled():
             scaler = self.grad_scaler

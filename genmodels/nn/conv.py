@@ -10,7 +10,13 @@ from torch import nn
 from genmodels.errors import GenmodelsError
 from genmodels.nn.dense import mlp
 from genmodels.nn.gan_layers import MinibatchStdDev, batch_statistics_head
-from genmodels.nn.layers import Dropout, check_image_shape, init_for_activation, make_activation
+from genmodels.nn.layers import (
+    Dropout,
+    apply_init,
+    check_image_shape,
+    init_for_activation,
+    make_activation,
+)
 
 
 def same_padding(kernel_size: int) -> int:
@@ -36,13 +42,15 @@ class DCGANGenerator(nn.Module):
 
     Each transposed conv doubles the size, so s = image_size / 2**len(widths). Batch norm
     follows the reshape and every hidden transposed conv (Radford et al., 2016); the
-    output layer has none.
+    output layer has none. `batch_norm_momentum`/`batch_norm_eps` are PyTorch's (Keras'
+    momentum 0.99 is 0.01 here); `init`: "torch" or "glorot" (Keras, see `apply_init`).
     """
 
     def __init__(self, latent_dim: int, channels: int, image_size: int,
                  widths: list[int] = (128, 64), kernel_size: int = 5,
                  activation: str = "selu", output_activation: str = "tanh",
-                 batch_norm: bool = True):
+                 batch_norm: bool = True, batch_norm_momentum: float = 0.1,
+                 batch_norm_eps: float = 1e-5, init: str = "torch"):
         super().__init__()
         check_image_shape(channels, image_size)
         start = start_size(image_size, len(widths), "DCGANGenerator")
@@ -51,8 +59,11 @@ class DCGANGenerator(nn.Module):
             nn.Linear(latent_dim, widths[0] * start * start),
             nn.Unflatten(1, (widths[0], start, start)),
         ]
+        def norm(width: int) -> nn.BatchNorm2d:
+            return nn.BatchNorm2d(width, eps=batch_norm_eps, momentum=batch_norm_momentum)
+
         if batch_norm:
-            layers.append(nn.BatchNorm2d(widths[0]))
+            layers.append(norm(widths[0]))
         for i, (n_in, n_out) in enumerate(zip(widths, [*widths[1:], channels], strict=True)):
             is_output = i == len(widths) - 1
             act = output_activation if is_output else activation
@@ -61,8 +72,8 @@ class DCGANGenerator(nn.Module):
             init_for_activation(conv, act)
             layers += [conv, make_activation(act)]
             if batch_norm and not is_output:
-                layers.append(nn.BatchNorm2d(n_out))
-        self.net = nn.Sequential(*layers)
+                layers.append(norm(n_out))
+        self.net = apply_init(nn.Sequential(*layers), init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -105,12 +116,13 @@ class DCGANDiscriminator(nn.Module):
     `batch_norm` adds batch norm after every conv but the first (the DCGAN guidelines);
     `minibatch_stddev` appends the batch-variation channel before the flatten and
     `minibatch_kernels` (> 0) adds minibatch discrimination before the final dense layer.
+    `init`: "torch" or "glorot" (Keras, see `apply_init`).
     """
 
     def __init__(self, channels: int, image_size: int, widths: list[int] = (64, 128),
                  kernel_size: int = 5, activation: str = "leaky_relu", dropout: float = 0.4,
                  batch_norm: bool = False, minibatch_stddev: bool = False,
-                 minibatch_kernels: int = 0):
+                 minibatch_kernels: int = 0, init: str = "torch"):
         super().__init__()
         check_image_shape(channels, image_size, any_channels=True)
         pad = same_padding(kernel_size)
@@ -127,7 +139,7 @@ class DCGANDiscriminator(nn.Module):
         head, width = batch_statistics_head((widths[-1] + minibatch_stddev) * size * size,
                                             minibatch_kernels)
         layers += [nn.Flatten(), head, nn.Linear(width, 1)]
-        self.net = nn.Sequential(*layers)
+        self.net = apply_init(nn.Sequential(*layers), init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)

@@ -113,6 +113,13 @@ class ConditionalDiscriminator(nn.Module):
         return self.net(torch.cat([x, maps.expand(-1, -1, *x.shape[2:])], 1))
 
 
+def uses_batch_statistics(module: nn.Module) -> bool:
+    """Whether any layer's output for one image depends on the other images of the batch
+    (batch norm in training mode, minibatch stddev or discrimination)."""
+    return any(isinstance(layer, nn.modules.batchnorm._BatchNorm | MinibatchStdDev
+                          | MinibatchDiscrimination) for layer in module.modules())
+
+
 def spectral_normalize(module: nn.Module) -> nn.Module:
     """Spectral normalization (Miyato et al., 2018) of every dense and conv layer."""
     for layer in list(module.modules()):

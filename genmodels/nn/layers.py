@@ -38,6 +38,27 @@ def init_for_activation(layer: nn.Module, activation: str | None) -> None:
         nn.init.zeros_(layer.bias)
 
 
+INITS = ("torch", "glorot")
+
+
+def apply_init(module: nn.Module, init: str) -> nn.Module:
+    """init="torch" keeps PyTorch's default initialisation (and LeCun-normal before SELU,
+    see `init_for_activation`); "glorot" is Keras' default for every dense and conv layer:
+    Glorot-uniform weights (Glorot & Bengio, 2010), limit sqrt(6 / (fan_in + fan_out)),
+    and zero biases."""
+    if init not in INITS:
+        raise GenmodelsError(f"Unknown init {init!r}; valid choices: {', '.join(INITS)}.")
+    if init == "glorot":
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+                # Symmetric in fan_in and fan_out, so a transposed conv's swapped
+                # in/out weight layout gives Keras' limit too.
+                nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+    return module
+
+
 def check_image_shape(channels: int, image_size: int, any_channels: bool = False) -> None:
     """Images have 1 or 3 channels; `any_channels` admits inputs with extra channels (such
     as a conditional discriminator's label maps)."""

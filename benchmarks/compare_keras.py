@@ -1,0 +1,174 @@
+"""genmodels against the seed text's own Keras code (Geron, ch. 17): sample quality of the
+DCGAN and the dense VAE at equal epochs, on the same data, several seeds a side.
+
+Data: the first 8,000 images of the MNIST test set (`--images`/`--labels`, IDX files)
+train both sides; the last 2,000 are the held-out reference. Samples (2,000 per run, as
+uint8 .npz) are scored with evaluate.py's classifier features (`fd_classifier`,
+precision/recall, modes, KL to the real classes), the classifier trained on the 8,000
+training images; the VAE also reports its -ELBO on the held-out images.
+
+    # our side (the framework's train(), with its checkpoints after epochs 10 and 20):
+    python benchmarks/compare_keras.py ours --recipe dcgan --seeds 0 1 2 --out cmp
+    python benchmarks/compare_keras.py ours --recipe vae --seeds 0 1 2 --out cmp
+    # Keras (TensorFlow in its own virtualenv; genmodels does not depend on it):
+    python benchmarks/compare_keras.py keras --python /tmp/tfenv/bin/python --recipe dcgan \\
+        --seeds 0 1 2 --out cmp
+    # scores and the table (means and sample standard deviations over seeds), as JSON too:
+    python benchmarks/compare_keras.py score --out cmp
+
+`ours` takes `--accelerator cpu|gpu` and extra config overrides (`--override k=v ...`);
+each run's samples go to `<out>/<side>/<recipe>_seed<S>_epoch<E>.npz`, so runs made on
+different machines can be copied into one folder and scored together.
+"""
+
+import argparse
+import gzip
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA = ROOT.parent / "shared" / "data" / "mnist-t10k"
+RECIPES = {"dcgan": "experiment=dcgan_fashion", "vae": "experiment=vae_fashion"}
+TRAIN, HELD_OUT, SAMPLES = 8000, 2000, 2000
+
+
+def read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb") as f:
+        data = f.read()
+    dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def our_overrides(args, recipe: str, seed: int, run_dir: Path) -> list[str]:
+    """The book's recipe on the first TRAIN images; checkpoints after every 10th epoch."""
+    total = TRAIN + HELD_OUT
+    return [RECIPES[recipe], "dataset=idx", f"dataset.images={args.images}",
+            f"dataset.labels={args.labels}", "dataset.ordered_split=true",
+            f"dataset.test_fraction={HELD_OUT / total}", "dataset.val_fraction=0",
+            f"trainer.max_epochs={max(args.epochs)}", "trainer.limit_val_batches=0",
+            f"trainer.accelerator={args.accelerator}", "trainer.enable_progress_bar=false",
+            "callbacks.image_grids=null",
+            f"callbacks.periodic_checkpoint.every_n_epochs={math.gcd(*args.epochs)}",
+            "logger=csv", "test=false", f"seed={seed}", f"hydra.run.dir={run_dir}",
+            *args.override]
+
+
+def ours(args) -> None:
+    """Train our side with train.py (a subprocess per seed) and sample its checkpoints."""
+    from genmodels.generate import sample_images
+    from genmodels.metrics.likelihood import negative_elbo
+    from genmodels.runs import load_model
+
+    out = Path(args.out) / "ours"
+    out.mkdir(parents=True, exist_ok=True)
+    images = read_idx(Path(args.images))
+    held_out = torch.from_numpy(images[-HELD_OUT:].copy())[:, None]
+    for seed in args.seeds:
+        run_dir = out / "runs" / f"{args.recipe}_seed{seed}"
+        if not (run_dir / "checkpoints").exists():
+            command = [sys.executable, str(ROOT / "train.py"),
+                       *our_overrides(args, args.recipe, seed, run_dir)]
+            print(" ".join(command), flush=True)
+            subprocess.run(command, check=True, cwd=ROOT)
+        for epoch in args.epochs:
+            model = load_model(run_dir / "checkpoints" / f"epoch_{epoch - 1:03d}.ckpt")
+            saved = {"images": sample_images(model, SAMPLES, seed=1000 + seed)[:, 0].numpy()}
+            if args.recipe == "vae":
+                x = held_out.float() / 255  # the VAE's [0, 1] range
+                saved["neg_elbo"] = negative_elbo(model, x)
+            np.savez_compressed(out / f"{args.recipe}_seed{seed}_epoch{epoch}.npz", **saved)
+            print(f"ours {args.recipe} seed {seed} epoch {epoch}: samples saved", flush=True)
+
+
+def keras(args) -> None:
+    """The book's Keras code, one subprocess per seed, in TensorFlow's own virtualenv."""
+    for seed in args.seeds:
+        subprocess.run([args.python, str(ROOT / "benchmarks" / "keras_book.py"), args.recipe,
+                        "--images", str(args.images), "--seed", str(seed),
+                        "--threads", str(args.threads), "--epochs", *map(str, args.epochs),
+                        "--out", str(Path(args.out) / "keras")], check=True)
+
+
+def score(args) -> dict:
+    """Score every saved sample file against the held-out images; print the table."""
+    from genmodels.metrics.classifier import train_classifier
+    from genmodels.metrics.sample_quality import classifier_metrics
+
+    images, labels = read_idx(Path(args.images)), read_idx(Path(args.labels))
+    as_tensor = lambda a: torch.from_numpy(a.copy())  # noqa: E731
+    real, real_labels = as_tensor(images[-HELD_OUT:])[:, None], as_tensor(labels[-HELD_OUT:]).long()
+    cached = Path(args.out) / "classifier.pt"
+    if cached.exists():
+        classifier = torch.load(cached, weights_only=False)
+    else:
+        classifier = train_classifier(as_tensor(images[:TRAIN])[:, None],
+                                      as_tensor(labels[:TRAIN]).long(), 10, seed=0)
+        torch.save(classifier, cached)
+    rows = []
+    for path in sorted(Path(args.out).glob("*/*_seed*_epoch*.npz")):
+        recipe, seed, epoch = path.stem.split("_")
+        data = np.load(path)
+        fake = as_tensor(data["images"])[:, None]
+        metrics = classifier_metrics(classifier, real, fake, real_labels, seed=0)
+        if "neg_elbo" in data:
+            metrics["neg_elbo"] = float(data["neg_elbo"])
+        rows.append({"side": path.parent.name, "recipe": recipe, "seed": int(seed[4:]),
+                     "epoch": int(epoch[5:]), **metrics})
+    (Path(args.out) / "scores.json").write_text(json.dumps(rows, indent=1))
+    print_table(rows)
+    return {"rows": rows}
+
+
+COLUMNS = ("fd_classifier", "precision", "recall", "modes_covered", "kl_to_real_classes",
+           "neg_elbo")
+
+
+def print_table(rows: list[dict]) -> None:
+    """Markdown: one line per (recipe, epoch, side), mean ± sample std over seeds."""
+    columns = [c for c in COLUMNS if any(c in r for r in rows)]
+    print("| recipe | epoch | side | seeds | " + " | ".join(columns) + " |")
+    print("|---" * (4 + len(columns)) + "|")
+    keys = sorted({(r["recipe"], r["epoch"], r["side"]) for r in rows})
+    for recipe, epoch, side in keys:
+        group = [r for r in rows if (r["recipe"], r["epoch"], r["side"]) == (recipe, epoch, side)]
+        cells = []
+        for column in columns:
+            values = [r[column] for r in group if column in r]
+            if not values:
+                cells.append("")
+                continue
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.3g} ± {spread:.2g}")
+        print(f"| {recipe} | {epoch} | {side} | {len(group)} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["ours", "keras", "score"])
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="dcgan")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 20])
+    parser.add_argument("--out", default="keras_comparison")
+    parser.add_argument("--images", default=str(DATA / "t10k-images-idx3-ubyte.gz"))
+    parser.add_argument("--labels", default=str(DATA / "t10k-labels-idx1-ubyte.gz"))
+    parser.add_argument("--accelerator", default="cpu", help="ours: cpu, gpu or auto")
+    parser.add_argument("--override", nargs="*", default=[], help="ours: config overrides")
+    parser.add_argument("--python", default="python", help="keras: TensorFlow's interpreter")
+    parser.add_argument("--threads", type=int, default=0, help="keras: 0 = TF's default")
+    args = parser.parse_args()
+    {"ours": ours, "keras": keras, "score": score}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

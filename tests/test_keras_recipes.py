@@ -1,0 +1,109 @@
+"""What Keras does by default, reproduced for the seed texts' Keras recipes (issue 13):
+RMSprop's epsilon, Glorot initialisation, Keras batch norm, one D forward on fakes +
+reals, and G in inference mode for D's fakes."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from genmodels.config import build
+from genmodels.models.gan import GAN
+from genmodels.nn import DCGANDiscriminator, DCGANGenerator
+from genmodels.nn.layers import apply_init
+from genmodels.optim import KerasRMSprop
+
+from .conftest import compose_config
+
+
+def test_keras_rmsprop_puts_epsilon_inside_the_square_root():
+    # Keras 3: v <- rho v + (1 - rho) g^2; w <- w - lr g / sqrt(v + eps).
+    start = torch.tensor([1.0, -2.0, 3.0])
+    w = start.clone().requires_grad_(True)
+    torch_w = start.clone().requires_grad_(True)
+    keras = KerasRMSprop([w], lr=0.1, rho=0.9, epsilon=1e-7)
+    pytorch = torch.optim.RMSprop([torch_w], lr=0.1, alpha=0.9, eps=1e-7)
+    v, expected = torch.zeros(3), start.clone()
+    for g in ([1e-4, 2.0, -0.5], [3e-4, -1.0, 0.2]):
+        g = torch.tensor(g)
+        w.grad, torch_w.grad = g.clone(), g.clone()
+        keras.step()
+        pytorch.step()
+        v = 0.9 * v + 0.1 * g * g
+        expected = expected - 0.1 * g / torch.sqrt(v + 1e-7)
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-6, atol=1e-7)
+    # The tiny gradient is where PyTorch's placement differs (its step is ~10x larger).
+    assert abs(torch_w[0].item() - 1.0) > 5 * abs(w[0].item() - 1.0)
+
+
+@pytest.mark.parametrize("network", ["generator", "discriminator"])
+def test_glorot_init_gives_keras_limits_and_zero_biases(network):
+    torch.manual_seed(0)
+    net = (DCGANGenerator(100, 1, 28, init="glorot") if network == "generator"
+           else DCGANDiscriminator(1, 28, init="glorot"))
+    layers = [m for m in net.modules() if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)]
+    assert len(layers) == 3
+    for layer in layers:
+        w = layer.weight
+        receptive = w[0, 0].numel() if w.dim() == 4 else 1
+        limit = math.sqrt(6 / ((w.shape[0] + w.shape[1]) * receptive))
+        assert w.abs().max() <= limit and w.abs().max() > 0.95 * limit
+        assert w.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.1)  # uniform
+        assert torch.count_nonzero(layer.bias) == 0
+    with pytest.raises(Exception, match="Unknown init 'he'; valid choices: torch, glorot"):
+        apply_init(nn.Linear(2, 2), "he")
+
+
+def test_dcgan_fashion_is_the_keras_recipe():
+    gan = build(compose_config(["experiment=dcgan_fashion", "dataset=digits"]).model)
+    norms = [m for m in gan.generator.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(m.momentum == 0.01 and m.eps == 1e-3 for m in norms)
+    assert gan.joint_d_batch and gan.eval_generator_for_d
+    d_optimizer, g_optimizer = gan.configure_optimizers()
+    for optimizer in (d_optimizer, g_optimizer):
+        assert isinstance(optimizer, KerasRMSprop)
+        assert optimizer.defaults == {"lr": 1e-3, "rho": 0.9, "epsilon": 1e-7}
+    assert torch.count_nonzero(gan.discriminator.net[-1].bias) == 0  # Glorot, zero biases
+
+
+def tiny_gan(**options) -> GAN:
+    torch.manual_seed(0)
+    generator = DCGANGenerator(8, 1, 28, widths=[8, 4])
+    discriminator = DCGANDiscriminator(1, 28, widths=[4, 8], dropout=0.0,
+                                       minibatch_stddev=options.pop("minibatch_stddev", False))
+    return GAN(generator, discriminator, 8, torch.optim.Adam, torch.optim.Adam, 1, 28,
+               [-1.0, 1.0], **options)
+
+
+def test_joint_d_batch_is_one_forward_with_the_same_losses():
+    real, fake = torch.rand(6, 1, 28, 28) * 2 - 1, torch.rand(6, 1, 28, 28) * 2 - 1
+    separate, joint = tiny_gan(), tiny_gan(joint_d_batch=True)
+    calls = []
+    joint.discriminator.register_forward_hook(lambda *args: calls.append(len(args[1][0])))
+    expected = separate.discriminator_losses(real, None, fake, None)
+    actual = joint.discriminator_losses(real, None, fake, None)
+    assert calls == [12]  # one forward on 6 reals + 6 fakes
+    for name in ("d_loss", "d_real", "d_fake", "d_real_acc", "d_fake_acc"):
+        torch.testing.assert_close(actual[name], expected[name])
+    # A D whose outputs depend on the batch keeps reals and fakes apart.
+    assert not tiny_gan(joint_d_batch=True, minibatch_stddev=True).joint_d_batch
+
+
+def test_fakes_for_d_from_g_in_eval_mode_use_and_keep_its_running_statistics():
+    gan = tiny_gan(eval_generator_for_d=True).train()
+    norm = next(m for m in gan.generator.modules() if isinstance(m, nn.BatchNorm2d))
+    norm.running_mean.fill_(0.3)
+    before = norm.running_mean.clone()
+    torch.manual_seed(1)
+    fake, _ = gan.fakes_for_discriminator(5)
+    assert torch.equal(norm.running_mean, before) and gan.generator.training
+    torch.manual_seed(1)
+    with torch.no_grad():
+        expected = gan.generator.eval()(torch.randn(5, 8))
+    assert torch.equal(fake, expected)
+    # By default (train mode) the batch statistics are used and the running ones updated.
+    gan.eval_generator_for_d = False
+    gan.generator.train()
+    gan.fakes_for_discriminator(5)
+    assert not torch.equal(norm.running_mean, before)
