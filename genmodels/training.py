@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -30,10 +31,30 @@ warnings.filterwarnings("ignore", message=r".*is set, but there is no last check
 
 
 def choose_strategy(strategy, model: L.LightningModule):
-    """Plain DDP for models with one optimizer; with manual optimization (GANs), each
-    backward pass reaches one network only, which DDP must be told to expect."""
-    if strategy == "ddp" and not model.automatic_optimization:
-        return "ddp_find_unused_parameters_true"
+    """The trainer's strategy, as configured, except that a model with manual optimization
+    (GANs) gets DDP with `find_unused_parameters=True` however DDP was asked for ("ddp",
+    "ddp_spawn", "ddp_find_unused_parameters_false", a DDPStrategy object or `_target_`):
+    each of its backward passes reaches one network only, which DDP must be told to expect
+    (without it, the second step stops with DDP's "Expected to have finished reduction")."""
+    if model.automatic_optimization:
+        return strategy
+    if isinstance(strategy, DictConfig):
+        strategy = build(strategy)
+    if isinstance(strategy, str) and strategy in StrategyRegistry:
+        entry = StrategyRegistry[strategy]
+        if entry["strategy"] is not DDPStrategy:
+            return strategy
+        wanted = {**entry["init_params"], "find_unused_parameters": True}
+        # The registered name of the same DDP with unused parameters, so that Lightning
+        # sees the kind of spelling it was given (e.g. ddp_spawn -> ddp_spawn_find_...).
+        for name in StrategyRegistry.available_strategies():
+            if (StrategyRegistry[name]["strategy"] is DDPStrategy
+                    and StrategyRegistry[name]["init_params"] == wanted):
+                return name
+        return DDPStrategy(**wanted)
+    if type(strategy) is DDPStrategy:  # subclasses (DeepSpeed) take other arguments
+        # DDPStrategy passes its extra arguments to DistributedDataParallel from here.
+        strategy._ddp_kwargs["find_unused_parameters"] = True
     return strategy
 
 

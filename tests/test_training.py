@@ -200,3 +200,27 @@ def test_missing_dataset_stops_with_a_clear_message(tmp_path):
     assert "Traceback" not in result.stderr
     assert f"Error: The mnist dataset is not in {tmp_path / 'empty'}" in result.stderr
     assert "MNIST/raw/" in result.stderr
+
+
+@pytest.mark.parametrize("spelling", ["ddp", "ddp_spawn", "ddp_find_unused_parameters_false",
+                                      "ddp_fork", "object", "object_false", "target"])
+def test_gans_get_ddp_with_unused_parameters_however_ddp_is_spelled(spelling, make_config):
+    from lightning.pytorch.strategies import DDPStrategy
+    from omegaconf import OmegaConf
+
+    from genmodels.training import choose_strategy
+
+    strategy = {"object": DDPStrategy(), "object_false": DDPStrategy(find_unused_parameters=False),
+                "target": OmegaConf.create({"_target_": "lightning.pytorch.strategies.DDPStrategy",
+                                            "start_method": "spawn"})}.get(spelling, spelling)
+    gan = build(make_config("model=gan").model)
+    trainer = L.Trainer(accelerator="cpu", devices=2, logger=False,
+                        strategy=choose_strategy(strategy, gan))
+    assert isinstance(trainer.strategy, DDPStrategy)
+    assert trainer.strategy._ddp_kwargs["find_unused_parameters"] is True
+    # Everything else about the DDP asked for is kept.
+    start = {"ddp_spawn": "spawn", "ddp_fork": "fork", "target": "spawn"}.get(spelling, "popen")
+    assert trainer.strategy._start_method == start
+    # Models with one optimizer keep the strategy exactly as configured.
+    vae = build(make_config("model=vae").model)
+    assert choose_strategy(strategy, vae) is strategy
