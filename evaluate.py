@@ -10,11 +10,12 @@ import hydra
 from omegaconf import DictConfig
 
 from genmodels.errors import GenmodelsError
-from genmodels.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
+    from genmodels.evaluate import evaluate  # here, so that `--help` answers quickly
+
     try:
         result = evaluate(cfg)
     except GenmodelsError as error:

@@ -10,11 +10,12 @@ import hydra
 from omegaconf import DictConfig
 
 from genmodels.errors import GenmodelsError
-from genmodels.generate import generate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
+    from genmodels.generate import generate  # here, so that `--help` answers quickly
+
     try:
         generate(cfg)
     except GenmodelsError as error:

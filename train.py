@@ -13,11 +13,13 @@ from omegaconf import DictConfig
 
 from genmodels.config import task_function
 from genmodels.errors import GenmodelsError
-from genmodels.training import optimized_value
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    # Imported here, so that `--help` answers without loading PyTorch.
+    from genmodels.training import optimized_value
+
     try:
         # The job: `genmodels.training.train` unless an experiment names another `task`.
         metrics = task_function(cfg.get("task", "genmodels.training.train"))(cfg)
