@@ -2,7 +2,8 @@
 
 Each task takes the model and the config and returns (images, extra arrays, grid width):
 - `samples`: `num` seeded samples, optionally of given classes (conditional models),
-  at a temperature (VAEs), from the EMA generator (GANs that keep one);
+  at a temperature (VAEs), from the EMA generator (GANs that keep one), truncated
+  (StyleGAN);
 - `reconstruct`: given image files, or the first `num` images of a dataset split, above
   their reconstructions (models with `reconstruct`);
 - the latent-space tools of `genmodels.latent`, for models with `encode`/`decode`:
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def sampling_options(model, labels=None, temperature: float = 1.0,
-                     ema: bool | None = None) -> dict:
+                     ema: bool | None = None, truncation: float | None = None) -> dict:
     """Keyword arguments for `model.sample` that ask for these options, after checking
     that the model supports each one (by the arguments its `sample` accepts)."""
     accepted = inspect.signature(model.sample).parameters
@@ -57,6 +58,11 @@ def sampling_options(model, labels=None, temperature: float = 1.0,
                 f"(a VAE); {name}.sample takes no temperature."
             )
         options["temperature"] = temperature
+    if truncation is not None:
+        if "truncation" not in accepted:
+            raise GenmodelsError(f"truncation={truncation} needs a StyleGAN; {name}.sample "
+                                 "takes no truncation.")
+        options["truncation"] = truncation
     if ema is not None and "ema" in accepted:
         options["ema"] = ema
     if ema and getattr(model, "generator_ema", None) is None:
@@ -68,14 +74,16 @@ def sampling_options(model, labels=None, temperature: float = 1.0,
 
 @torch.no_grad()
 def sample_images(model, n: int, seed: int = 0, labels=None, temperature: float = 1.0,
-                  ema: bool | None = None, batch_size: int = 1000) -> torch.Tensor:
+                  ema: bool | None = None, truncation: float | None = None,
+                  batch_size: int = 1000) -> torch.Tensor:
     """n samples as uint8 (N, C, H, W) CPU images, reproducible from `seed`.
 
     labels: class of each sample for conditional models (a shorter list is repeated).
     ema: for GANs, passed to `sample`: None uses the generator's EMA copy when there is
     one, True insists on it, False takes the live generator.
+    truncation: StyleGAN's truncation psi (None: none).
     """
-    options = sampling_options(model, labels, temperature, ema)
+    options = sampling_options(model, labels, temperature, ema, truncation)
     if labels is not None:
         labels = torch.as_tensor(list(labels), dtype=torch.long)
         labels = labels.repeat(-(-n // len(labels)))[:n].to(model.device)
@@ -106,7 +114,8 @@ def from_uint8(model, images: torch.Tensor) -> torch.Tensor:
 def samples_task(model, cfg: DictConfig):
     labels = as_list(cfg.labels)
     images = sample_images(model, cfg.num, seed=cfg.seed, labels=labels,
-                           temperature=cfg.temperature, ema=cfg.ema)
+                           temperature=cfg.temperature, ema=cfg.ema,
+                           truncation=cfg.get("truncation"))
     extra = {} if labels is None else {"labels": np.resize(np.array(labels), cfg.num)}
     return images, extra, (len(labels) if labels else cfg.nrow)
 
@@ -313,6 +322,8 @@ def output_paths(cfg: DictConfig, checkpoint: Path) -> tuple[Path, Path]:
         name = f"{cfg.task}_{checkpoint.stem}_seed{cfg.seed}_{detail.get(cfg.task, f'n{cfg.num}')}"
         if cfg.task == "samples" and cfg.ema is not None:
             name += "_ema" if cfg.ema else "_live"
+        if cfg.task == "samples" and cfg.get("truncation") is not None:
+            name += f"_trunc{cfg.truncation}"
         stem = run_dir / "generated" / name
     png, npz = stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.npz"
     for path in (png, npz):

@@ -5,6 +5,7 @@ experience replay, spectral norm, label conditioning, generator EMA, progressive
 import copy
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +22,11 @@ from genmodels.nn.gan_losses import (
     gradient_penalty,
     r1_penalty,
 )
+from genmodels.nn.progan import fade_real_images
+from genmodels.nn.stylegan import StyleGANGenerator
+
+# Images drawn to recompute the batch-norm statistics of the EMA generator.
+EMA_STATISTICS_IMAGES, EMA_STATISTICS_BATCH = 512, 128
 
 
 class GAN(GenerativeModel):
@@ -43,10 +49,14 @@ class GAN(GenerativeModel):
       - `half_batch`: each D step sees half a batch of reals and half a batch of fakes;
       - `replay_capacity`/`replay_share`: experience replay of past fakes for D;
       - `spectral_norm`: spectral normalization of every layer of D;
-      - `ema_decay`: keep an exponential moving average of G, used by `sample`;
+      - `ema_decay`: keep an exponential moving average of G, used by `sample` (its
+        batch-norm statistics are recomputed for its own weights before it samples);
       - `num_classes`: conditional GAN; G and D are called as G(z, y) and D(x, y);
       - `growth`: a progressive-growing schedule (genmodels/nn/progan.py) that sets the
-        resolution stage and fade-in of G and D from the number of images seen;
+        resolution stage and fade-in of G and D from the number of real images D has
+        seen over all processes; the real images are faded between resolutions as well;
+      - `drift_weight`: ProGAN's drift term, drift_weight * E[D(x)^2] on reals, which keeps
+        a Wasserstein critic's outputs near zero (Karras et al., 2018, sec. A.1: 0.001);
       - `joint_d_batch`: D scores reals and fakes in one forward on their concatenation
         (as Geron's Keras loop does; faster), when D has no batch-statistics layers (batch
         norm, minibatch stddev/discrimination), where it would mix the two: then two;
@@ -67,7 +77,7 @@ class GAN(GenerativeModel):
                  half_batch: bool = False, replay_capacity: int = 0, replay_share: float = 0.5,
                  spectral_norm: bool = False, ema_decay: float | None = None,
                  num_classes: int | None = None, growth=None, joint_d_batch: bool = False,
-                 eval_generator_for_d: bool = False):
+                 eval_generator_for_d: bool = False, drift_weight: float = 0.0):
         super().__init__(channels, image_size, value_range)
         self.automatic_optimization = False
         check_loss(loss, label_smoothing)
@@ -78,6 +88,8 @@ class GAN(GenerativeModel):
             raise GenmodelsError(f"d_steps and g_steps must be >= 1, got {d_steps}, {g_steps}.")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise GenmodelsError(f"ema_decay must be in (0, 1) or null, got {ema_decay!r}.")
+        if drift_weight < 0:
+            raise GenmodelsError(f"drift_weight must be >= 0, got {drift_weight!r}.")
         if replay_capacity and num_classes:
             raise GenmodelsError("Experience replay stores unlabelled fakes; it cannot be used "
                                  "with a conditional GAN (num_classes set).")
@@ -89,12 +101,13 @@ class GAN(GenerativeModel):
         self.penalty, self.penalty_weight = penalty, penalty_weight
         self.d_steps, self.g_steps, self.half_batch = d_steps, g_steps, half_batch
         self.replay = ReplayBuffer(replay_capacity, replay_share) if replay_capacity else None
-        self.ema_decay, self.growth = ema_decay, growth
+        self.ema_decay, self.growth, self.drift_weight = ema_decay, growth, drift_weight
         self.joint_d_batch = joint_d_batch and not uses_batch_statistics(self.discriminator)
         self.eval_generator_for_d = eval_generator_for_d
         self.generator_ema = None
         if ema_decay is not None:
             self.generator_ema = copy.deepcopy(generator).requires_grad_(False)
+        self._ema_statistics_stale = False  # the EMA weights moved since its BN statistics
         self._max_steps_as_set = None
         self._labels_checked = False
 
@@ -103,13 +116,15 @@ class GAN(GenerativeModel):
     def training_step(self, batch, batch_idx):
         real, labels = self.real_batch(batch)
         d_optimizer, g_optimizer = self.optimizers()
-        if self.growth is not None:
-            self.grow(self.discriminator_steps * len(real))
 
         # Phase 1: one discriminator step on real and generated images (G frozen).
         if self.half_batch:  # half a batch of each, as many images as a G step sees
             real = real[: len(real) // 2]
             labels = labels[: len(real)] if labels is not None else None
+        if self.growth is not None:
+            # Real images D saw before this step, over all processes.
+            self.grow(self.discriminator_steps * len(real) * self.trainer.world_size)
+            real = self.fade_reals(real)
         fake, fake_labels = self.fakes_for_discriminator(len(real))
         if self.replay is not None:
             fake, fresh = self.replay.mix(fake), fake
@@ -154,6 +169,9 @@ class GAN(GenerativeModel):
             real_out = self.discriminate(real, labels).float()
             fake_out = self.discriminate(fake, fake_labels).float()
         logs = {"d_loss": discriminator_loss(self.loss, real_out, fake_out, self.label_smoothing)}
+        if self.drift_weight:
+            logs["drift"] = real_out.square().mean()
+            logs["d_loss"] = logs["d_loss"] + self.drift_weight * logs["drift"]
         if self.penalty is not None and torch.is_grad_enabled():
             scaler = self.grad_scaler
             if self.penalty == "gradient_penalty":
@@ -208,17 +226,23 @@ class GAN(GenerativeModel):
 
     # ----- generator, discriminator, sampling ----------------------------------------------
 
-    def generate(self, n: int, network: nn.Module | None = None, generator=None, labels=None):
-        """n images from `network` (G by default) and the labels they were asked for."""
+    def generate(self, n: int, network: nn.Module | None = None, generator=None, labels=None,
+                 truncation: float | None = None):
+        """n images from `network` (G by default) and the labels they were asked for. With
+        a `generator`, noise the network draws itself (StyleGAN's) is seeded from it too."""
         network = self.generator if network is None else network
         z = self.randn(n, self.latent_dim, generator=generator)
-        if self.num_classes is None:
-            return network(z), None
-        if labels is None:  # classes drawn uniformly, on the device unless seeded on CPU
-            device = "cpu" if generator is not None else self.device
-            labels = torch.randint(0, self.num_classes, (n,), generator=generator, device=device)
-        labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
-        return network(z, labels), labels
+        options = {} if truncation is None else {"truncation": truncation}
+        if self.num_classes is not None:
+            if labels is None:  # classes drawn uniformly, on the device unless seeded on CPU
+                device = "cpu" if generator is not None else self.device
+                labels = torch.randint(0, self.num_classes, (n,), generator=generator,
+                                       device=device)
+            labels = torch.as_tensor(labels, dtype=torch.long).to(self.device)
+        with global_rng_seeded_from(generator, self.device):
+            if self.num_classes is None:
+                return network(z, **options), None
+            return network(z, labels, **options), labels
 
     def discriminate(self, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if self.num_classes is None:
@@ -227,13 +251,23 @@ class GAN(GenerativeModel):
 
     def sample(self, n: int, generator: torch.Generator | None = None,
                labels: torch.Tensor | list[int] | None = None,
-               ema: bool | None = None) -> torch.Tensor:
+               ema: bool | None = None, truncation: float | None = None) -> torch.Tensor:
         """n images; a conditional GAN draws the classes in `labels` (n of them; by default
         0, 1, ..., num_classes - 1, 0, 1, ...). ema: None uses the EMA copy of G when the
-        GAN keeps one, False the live G, True the EMA copy (an error if there is none)."""
+        GAN keeps one, False the live G, True the EMA copy (an error if there is none).
+        truncation psi (StyleGAN): styles w_avg + psi (w - w_avg); None or 1: none."""
         if ema and self.generator_ema is None:
             raise GenmodelsError("ema=true needs a GAN that keeps an EMA copy of its "
                                  "generator; this one has none (set model.ema_decay).")
+        if truncation is not None:
+            style_network = getattr(self.generator, "net", self.generator)
+            if not isinstance(style_network, StyleGANGenerator):
+                raise GenmodelsError(
+                    f"truncation={truncation} needs a StyleGAN generator (it truncates towards"
+                    f" the average style w), but this GAN's is {type(style_network).__name__};"
+                    " leave truncation unset.")
+            if not -1.0 <= truncation <= 1.0:
+                raise GenmodelsError(f"truncation must be in [-1, 1], got {truncation!r}.")
         if self.num_classes is None:
             if labels is not None:
                 raise GenmodelsError("labels were given, but this GAN is not conditional "
@@ -246,19 +280,64 @@ class GAN(GenerativeModel):
                 raise GenmodelsError(f"labels must be {n} class indices in [0, "
                                      f"{self.num_classes}), got {labels.tolist()}.")
         use_ema = self.generator_ema is not None if ema is None else ema
-        network = self.generator_ema if use_ema else self.generator
-        return self.generate(n, network, generator, labels)[0]
+        network = self.ema_generator() if use_ema else self.generator
+        return self.generate(n, network, generator, labels, truncation)[0]
 
     @torch.no_grad()
     def update_generator_ema(self):
-        """ema <- decay * ema + (1 - decay) * G, for G's weights; buffers are copied."""
+        """ema <- decay * ema + (1 - decay) * G, for G's weights. Buffers are copied (the
+        ProGAN stage, StyleGAN's average w), except batch-norm statistics: the live G's
+        belong to other weights, so the EMA copy's are recomputed when it samples."""
         if self.generator_ema is None:
             return
         ema, live = self.generator_ema, self.generator
         torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()),
                              1.0 - self.ema_decay)
-        for ema_buffer, buffer in zip(ema.buffers(), live.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        ema_buffers, buffers = [], []
+        for ema_module, module in zip(ema.modules(), live.modules(), strict=True):
+            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+                ema_buffers += ema_module.buffers(recurse=False)
+                buffers += module.buffers(recurse=False)
+        if buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
+        self._ema_statistics_stale = True
+
+    def ema_generator(self) -> nn.Module:
+        """The EMA copy of G, with batch-norm statistics of its own weights."""
+        if self._ema_statistics_stale:
+            self.recompute_ema_statistics()
+        return self.generator_ema
+
+    @torch.no_grad()
+    def recompute_ema_statistics(self) -> None:
+        """The EMA generator's batch-norm statistics, recomputed as the population mean and
+        variance over EMA_STATISTICS_IMAGES of its own images, from a fixed seed (and a
+        forked RNG: training's random stream is untouched)."""
+        self._ema_statistics_stale = False
+        ema = self.generator_ema
+        norms = [m for m in ema.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta, was_training = [norm.momentum for norm in norms], ema.training
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the batches below
+        ema.train()
+        seed = torch.Generator().manual_seed(0)
+        # Batch norm updates its statistics in place, which inference mode would refuse.
+        with torch.inference_mode(False):
+            for _ in range(EMA_STATISTICS_IMAGES // EMA_STATISTICS_BATCH):
+                self.generate(EMA_STATISTICS_BATCH, ema, generator=seed)
+        ema.train(was_training)
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        # The EMA generator is saved with the batch-norm statistics it samples with.
+        if self.generator_ema is not None and self._ema_statistics_stale:
+            self.recompute_ema_statistics()
+            for name, buffer in self.generator_ema.named_buffers():
+                checkpoint["state_dict"][f"generator_ema.{name}"] = buffer.detach().clone()
 
     def grow(self, images_seen: int) -> None:
         """Progressive growing: set the stage and fade-in of G (and its EMA) and D."""
@@ -266,6 +345,10 @@ class GAN(GenerativeModel):
         for network in (self.generator, self.generator_ema, self.discriminator):
             if network is not None:
                 network.set_stage(stage, alpha)
+
+    def fade_reals(self, real: torch.Tensor) -> torch.Tensor:
+        """Real images at D's current resolution, faded in as G's images are."""
+        return fade_real_images(real, self.discriminator.stage, self.discriminator.alpha)
 
     def real_batch(self, batch):
         """The real images, and their labels when the GAN is conditional (checked once)."""
@@ -310,11 +393,25 @@ class GAN(GenerativeModel):
     # ----- evaluation, optimizers ------------------------------------------------------------
 
     def losses(self, batch) -> dict[str, torch.Tensor]:
-        """Both players' losses on held-out real images and fresh fakes."""
+        """Both players' losses on held-out real images and fresh fakes of the live G,
+        measured as in training (the same loss, penalty and drift, faded reals), so that
+        training and validation curves compare. With an EMA copy of G, also what D says of
+        its images: `ema_g_loss` (G's loss) and `ema_d_fake` (D's mean output)."""
         real, labels = self.real_batch(batch)
-        fake, fake_labels = self.generate(len(real), self.generator_ema)
-        logs = self.discriminator_losses(real, labels, fake, fake_labels)
+        if self.growth is not None:
+            real = self.fade_reals(real)
+        fake, fake_labels = self.generate(len(real))
+        # A penalty differentiates D by its input: grad on, and no inference-mode tensors.
+        with torch.inference_mode(False), torch.enable_grad():
+            logs = self.discriminator_losses(*(None if t is None else t.clone()
+                                               for t in (real, labels, fake, fake_labels)))
+        logs = {name: value.detach() for name, value in logs.items()}
         logs["g_loss"] = generator_loss(self.loss, self.discriminate(fake, fake_labels))
+        if self.generator_ema is not None:
+            ema_fake, ema_labels = self.generate(len(real), self.ema_generator())
+            ema_out = self.discriminate(ema_fake, ema_labels)
+            logs["ema_g_loss"] = generator_loss(self.loss, ema_out)
+            logs["ema_d_fake"] = ema_out.float().mean()
         return logs
 
     def configure_optimizers(self):
@@ -324,3 +421,19 @@ class GAN(GenerativeModel):
         g_optimizer = self.g_optimizer_factory(
             [{"params": self.generator.parameters(), "name": "generator"}])
         return d_optimizer, g_optimizer
+
+
+@contextmanager
+def global_rng_seeded_from(generator: torch.Generator | None, device: torch.device):
+    """The global RNG seeded from `generator` (forked: restored afterwards), for networks
+    that draw noise of their own, such as StyleGAN's noise inputs, so that seeded samples
+    are reproducible. Without a generator, nothing changes."""
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(2**62, (), generator=generator))
+    accelerated = device.type != "cpu"
+    with torch.random.fork_rng(devices=[device] if accelerated else [],
+                               device_type=device.type if accelerated else "cuda"):
+        torch.manual_seed(seed)
+        yield

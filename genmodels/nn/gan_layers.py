@@ -1,6 +1,7 @@
 """Pieces shared by GAN discriminators and generators: batch-statistics layers, the dense
 discriminator, label conditioning, spectral normalization, the experience-replay buffer."""
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -87,16 +88,21 @@ class ConditionalGenerator(nn.Module):
     """G(z, y): the one-hot class label is appended to the codings (Mirza & Osindero, 2014).
 
     `network` is a partial generator (Hydra `_partial_: true`), built here with room for
-    the label in its input.
+    the label in its input; a network that redraws its input noise (StyleGAN's style
+    mixing) is told which inputs are the label (`label_dims`), so that it keeps them.
+    Keyword options of `forward` (StyleGAN's `truncation`) go to the network.
     """
 
     def __init__(self, network: Callable[..., nn.Module], latent_dim: int, num_classes: int):
         super().__init__()
         self.num_classes = num_classes
-        self.net = network(latent_dim=latent_dim + num_classes)
+        options = ({"label_dims": num_classes}
+                   if "label_dims" in inspect.signature(network).parameters else {})
+        self.net = network(latent_dim=latent_dim + num_classes, **options)
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], 1))
+    def forward(self, z: torch.Tensor, labels: torch.Tensor, **options) -> torch.Tensor:
+        one_hot = F.one_hot(labels, self.num_classes).to(z.dtype)
+        return self.net(torch.cat([z, one_hot], 1), **options)
 
 
 class ConditionalDiscriminator(nn.Module):
@@ -122,9 +128,16 @@ def uses_batch_statistics(module: nn.Module) -> bool:
 
 def spectral_normalize(module: nn.Module) -> nn.Module:
     """Spectral normalization (Miyato et al., 2018) of every dense and conv layer."""
-    for layer in list(module.modules()):
-        if isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
-            nn.utils.parametrizations.spectral_norm(layer)
+    layers = [layer for layer in module.modules()
+              if isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)]
+    if not layers:
+        # ProGAN's equalized layers scale their weights at run time: normalizing the
+        # stored weights would not bound the layers' spectral norms.
+        raise GenmodelsError(f"spectral_norm=true needs nn.Linear or nn.Conv2d layers in the "
+                             f"discriminator, and {type(module).__name__} has none; set "
+                             "spectral_norm=false.")
+    for layer in layers:
+        nn.utils.parametrizations.spectral_norm(layer)
     return module
 
 

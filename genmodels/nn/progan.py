@@ -180,10 +180,34 @@ class ProGANDiscriminator(Progressive):
         return self.last(h).squeeze(1)
 
 
+def fade_real_images(images: torch.Tensor, stage: int, alpha: float) -> torch.Tensor:
+    """Real images as the networks see them at `stage` (resolution 4 * 2**stage): reduced
+    to that resolution and, during a fade-in, blended with the previous resolution by the
+    same alpha (sec. A.1: "we interpolate between two resolutions of the real images,
+    similar to how the generator output combines two resolutions"). Returned at the input
+    size, nearest-neighbour upsampled and cropped exactly as ProGANGenerator's images."""
+    size = images.shape[-1]
+    padded = resolutions(size)[-1]
+    resolution = 4 * 2**stage
+    if resolution >= padded and alpha >= 1:
+        return images
+    pad = padded - size
+    x = F.pad(images, (pad // 2, pad - pad // 2) * 2, mode="replicate") if pad else images
+    if resolution < padded:
+        x = F.avg_pool2d(x, padded // resolution)
+    if stage > 0 and alpha < 1:
+        x = torch.lerp(F.interpolate(F.avg_pool2d(x, 2), scale_factor=2), x, alpha)
+    if resolution < padded:
+        x = F.interpolate(x, scale_factor=padded // resolution)
+    crop = pad // 2
+    return x[..., crop: crop + size, crop: crop + size]
+
+
 class GrowthSchedule:
     """When to grow: stage 0 (4x4) trains for `stable_images`; every later stage first
     fades its block in over `fade_images` (alpha 0 -> 1), then trains for `stable_images`.
-    Images count real images shown to D (the paper uses 800k for each phase)."""
+    Images count real images shown to D, over all processes (the paper uses 800k for each
+    phase)."""
 
     def __init__(self, fade_images: int, stable_images: int):
         if fade_images < 1 or stable_images < 0:

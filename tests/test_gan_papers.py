@@ -1,0 +1,424 @@
+"""The pieces that define ProGAN and StyleGAN, and the GAN options, each pinned by its
+behaviour: deleting one of them makes a test here fail."""
+
+import copy
+import math
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from genmodels.callbacks.config_in_checkpoint import ConfigInCheckpoint
+from genmodels.config import build
+from genmodels.errors import GenmodelsError
+from genmodels.generate import generate
+from genmodels.models.gan import GAN
+from genmodels.nn import ConditionalGenerator
+from genmodels.nn.progan import (
+    EqualizedConv2d,
+    EqualizedLinear,
+    PixelNorm,
+    ProGANDiscriminator,
+    ProGANGenerator,
+    fade_real_images,
+)
+from genmodels.nn.stylegan import StyleGANGenerator
+
+from .conftest import compose_config
+from .test_gans import TINY_PROGAN, TINY_STYLEGAN, fit_tiny
+from .test_generate_evaluate import tool_config
+
+# ----- toy networks whose outputs are known in closed form ------------------------------------
+
+
+class ConstantImages(nn.Module):
+    """A 'generator' that ignores z and returns one learnable 4x4 image."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.image = nn.Parameter(torch.full((1, 1, 4, 4), value).triu())
+
+    def forward(self, z):
+        return self.image.expand(len(z), -1, -1, -1)
+
+
+class LinearCritic(nn.Module):
+    """D(x) = <w, x>; records the batch size of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(-1.0, 1.0, 16).view(1, 1, 4, 4))
+        self.batch_sizes = []
+
+    def forward(self, x):
+        self.batch_sizes.append(len(x))
+        return (x * self.weight).flatten(1).sum(1)
+
+
+def toy_gan(**options) -> GAN:
+    sgd = partial(torch.optim.SGD, lr=0.01)
+    return GAN(ConstantImages(0.5), LinearCritic(), latent_dim=2, g_optimizer=sgd,
+               d_optimizer=sgd, channels=1, image_size=4, value_range=[-1.0, 1.0], **options)
+
+
+def toy_batches(n: int = 8, batches: int = 2) -> DataLoader:
+    images = torch.linspace(-1, 1, n * batches * 16).view(n * batches, 1, 4, 4)
+    return DataLoader(TensorDataset(images, torch.zeros(n * batches, dtype=torch.long)),
+                      batch_size=n)
+
+
+def toy_trainer(**options) -> L.Trainer:
+    return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, accelerator="cpu", **options)
+
+
+# ----- GAN options ------------------------------------------------------------------------------
+
+
+def test_label_smoothing_makes_the_bce_target_of_reals_one_minus_s():
+    gan = toy_gan(label_smoothing=0.1)
+    real = torch.linspace(-0.2, 1.0, 48).view(3, 1, 4, 4)
+    fake = -0.5 * real
+    d_real, d_fake = gan.discriminator(real), gan.discriminator(fake)
+    d_loss = gan.discriminator_losses(real, None, fake, None)["d_loss"]
+    bce = F.binary_cross_entropy_with_logits
+    expected = (bce(d_real, torch.full_like(d_real, 0.9)) + bce(d_fake, torch.zeros(3))) / 2
+    unsmoothed = (bce(d_real, torch.ones(3)) + bce(d_fake, torch.zeros(3))) / 2
+    assert d_loss.item() == pytest.approx(expected.item())
+    assert d_loss.item() != pytest.approx(unsmoothed.item())
+
+
+@pytest.mark.parametrize("half_batch", [False, True])
+def test_half_batch_shows_d_half_a_batch_of_reals_and_half_of_fakes(half_batch):
+    gan = toy_gan(half_batch=half_batch)
+    toy_trainer(max_steps=1).fit(gan, toy_batches(n=8))
+    # One D step (reals, then fakes), then one G step on a whole batch of fakes.
+    assert gan.discriminator.batch_sizes == ([4, 4, 8] if half_batch else [8, 8, 8])
+
+
+def test_spectral_norm_bounds_every_layer_of_d_by_one(tmp_path):
+    gan = build(compose_config(["model=dcgan", "model.spectral_norm=true"], tmp_path).model)
+    d = gan.discriminator.train()
+    with torch.no_grad():
+        for _ in range(20):  # each training-mode call runs one power iteration
+            d(torch.randn(4, 1, 28, 28))
+    layers = [m for m in d.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    assert len(layers) >= 3
+    for layer in layers:
+        sigma = torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2)
+        unnormalized = torch.linalg.matrix_norm(
+            layer.parametrizations.weight.original.detach().flatten(1), ord=2)
+        assert sigma.item() == pytest.approx(1.0, abs=0.02)
+        assert unnormalized.item() != pytest.approx(1.0, abs=0.1)
+    with pytest.raises(GenmodelsError, match="ProGANDiscriminator has none"):
+        build(compose_config(["model=progan", "+model.spectral_norm=true"], tmp_path).model)
+
+
+# ----- ProGAN -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layer", [EqualizedLinear, EqualizedConv2d])
+def test_equalized_learning_rate_makes_every_layer_learn_alike_whatever_its_fan_in(layer):
+    torch.manual_seed(0)
+    relative_changes = []
+    for fan_in in (16, 1024):  # convolutions: 3x3 kernels, so fan-ins 18 and 1152
+        if layer is EqualizedLinear:
+            module, x = EqualizedLinear(fan_in, 64), torch.randn(256, fan_in)
+        else:
+            module, x = EqualizedConv2d(fan_in // 8, 64, 3), torch.randn(8, fan_in // 8, 32, 32)
+        # The stored parameter is N(0, 1); the He constant is applied at run time, so the
+        # output keeps the gain (sqrt 2) whatever the fan-in.
+        assert module.weight.std().item() == pytest.approx(1.0, abs=0.05)
+        assert module(x).std().item() == pytest.approx(math.sqrt(2), rel=0.1)
+        before = (module.weight * module.scale).detach().clone()
+        optimizer = torch.optim.Adam(module.parameters(), lr=1e-2)
+        module(x).square().mean().backward()
+        optimizer.step()
+        after = (module.weight * module.scale).detach()
+        relative_changes.append(((after - before).abs().mean() / before.std()).item())
+    # Adam moves every stored weight by ~lr, the same share of every layer's weights.
+    assert relative_changes[0] == pytest.approx(relative_changes[1], rel=0.1)
+
+
+def test_pixel_norm_leaves_each_pixel_of_the_generator_with_unit_mean_square():
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 5, 5) * torch.rand(3, 1, 5, 5) * 10
+    assert torch.allclose(PixelNorm()(x).square().mean(1), torch.ones(3, 5, 5), atol=1e-4)
+    g = ProGANGenerator(16, 1, 28, max_width=16, min_width=8)
+    outputs = [block.register_forward_hook(lambda m, i, out: features.append(out))
+               for block in [g.first, *g.blocks[1:]]]
+    features = []
+    g(torch.randn(4, 16))
+    assert len(features) == len(outputs) == 4
+    for h in features:  # every block of G ends with pixel norm
+        assert torch.allclose(h.square().mean(1), torch.ones_like(h[:, 0]), atol=1e-3)
+
+
+def test_minibatch_stddev_lets_d_tell_how_varied_a_group_of_images_is():
+    torch.manual_seed(0)
+    d = ProGANDiscriminator(1, 28, max_width=8, min_width=8, group_size=4).eval()
+    x = torch.randn(4, 1, 28, 28)
+    others_varied = x.clone()
+    others_varied[1:] = torch.randn(3, 1, 28, 28) * 3
+    with torch.no_grad():
+        # D judges each image alone except through the minibatch stddev feature: the same
+        # first image is judged differently when the rest of its group is more varied.
+        assert not torch.allclose(d(x)[0], d(others_varied)[0], atol=1e-4)
+        features = torch.randn(8, 3, 2, 2)
+        stat = d.last[0](features)[:, 3]
+        groups = features.view(4, 2, 3, 2, 2)  # images i and i + 2 form a group of 4
+        expected = groups.var(0, unbiased=False).add(1e-8).sqrt().flatten(1).mean(1)
+        assert torch.allclose(stat[:, 0, 0], expected.repeat(4), atol=1e-6)
+
+
+def test_real_images_fade_between_resolutions_with_the_networks():
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 28, 28)
+    top = fade_real_images(x, stage=3, alpha=1.0)
+    assert torch.equal(top, x)  # full resolution, nothing to fade
+    low, high = fade_real_images(x, 1, 1.0), fade_real_images(x, 2, 1.0)
+    assert torch.allclose(fade_real_images(x, 2, 0.0), low)  # fade-in starts at the old stage
+    assert torch.allclose(fade_real_images(x, 2, 0.25), 0.75 * low + 0.25 * high, atol=1e-6)
+    # Stage 1 shows 8x8 images, upsampled and cropped exactly as ProGAN's G does: blocks of
+    # 4x4 pixels on the 32x32 canvas, 2 pixels of which are cropped from each side.
+    assert torch.equal(low[..., 2:6, 2:6], low[..., 2:3, 2:3].expand(-1, -1, 4, 4))
+    assert not torch.allclose(low, x, atol=0.1)
+
+
+def test_progan_d_trains_on_faded_reals_and_counts_global_images(tmp_path, monkeypatch):
+    # Three processes of 16 images, D on half a batch: 3 x 8 = 24 real images per D step.
+    monkeypatch.setattr(L.Trainer, "world_size", property(lambda trainer: 3))
+    seen = []  # per batch: its first 8 images, and what D was shown first (the reals)
+
+    class RecordReals(L.Callback):
+        def on_train_start(self, trainer, gan):
+            gan.discriminator.register_forward_pre_hook(self.record)
+
+        def on_train_batch_start(self, trainer, gan, batch, batch_idx):
+            seen.append([batch[0][:8].clone()])
+
+        def record(self, discriminator, args):
+            if len(seen[-1]) == 1:
+                seen[-1].append(args[0].detach().clone())
+
+    gan, _ = fit_tiny(["model=progan", *TINY_PROGAN, "+model.half_batch=true"], tmp_path,
+                      max_steps=3, callbacks=[RecordReals()])
+    # Before the third D step D had seen 2 x 24 = 48 images: stage 1 (8x8), half faded in
+    # (schedule: 32 stable, 32 fading).
+    assert (gan.discriminator.stage, gan.discriminator.alpha) == (1, 0.5)
+    raw, shown = seen[-1][:2]
+    assert torch.allclose(shown, fade_real_images(raw, 1, 0.5))
+    assert not torch.allclose(shown, raw, atol=0.05)
+
+
+def test_drift_term_adds_epsilon_times_squared_real_scores():
+    gan = toy_gan(loss="wasserstein", drift_weight=0.5)
+    real = torch.linspace(-0.2, 1.0, 48).view(3, 1, 4, 4)
+    fake = -0.5 * real
+    d_real, d_fake = gan.discriminator(real), gan.discriminator(fake)
+    logs = gan.discriminator_losses(real, None, fake, None)
+    assert logs["drift"].item() == pytest.approx(d_real.square().mean().item())
+    expected = d_fake.mean() - d_real.mean() + 0.5 * d_real.square().mean()
+    assert logs["d_loss"].item() == pytest.approx(expected.item())
+    assert compose_config(["model=progan"]).model.drift_weight == 0.001
+
+
+# ----- StyleGAN ---------------------------------------------------------------------------------
+
+
+def tiny_stylegan(**options) -> StyleGANGenerator:
+    return StyleGANGenerator(8, 1, 16, mapping_layers=2, max_width=8, min_width=8, **options)
+
+
+def test_adain_sets_each_channels_mean_and_std_from_the_style():
+    torch.manual_seed(0)
+    g = tiny_stylegan().eval()
+    outputs = []
+    for layer in g.layers:
+        layer.register_forward_hook(lambda m, args, out: outputs.append((args[1], m, out)))
+    means = []
+    for z in (torch.randn(3, 8), torch.randn(3, 8)):
+        outputs.clear()
+        g(z)
+        for i, (w, layer, out) in enumerate(outputs):
+            assert torch.allclose(out.mean((2, 3)), layer.adain.shift(w), atol=1e-4)
+            if i > 0:  # layer 0 normalizes the constant input, which has no variance
+                assert torch.allclose(out.std((2, 3), unbiased=False),
+                                      layer.adain.scale(w).abs(), rtol=1e-2, atol=1e-4)
+        means.append(outputs[-1][2].mean((2, 3)))
+    assert not torch.allclose(means[0], means[1], atol=1e-3)  # another w, other statistics
+
+
+def test_noise_inputs_change_fine_detail_only_when_scaled():
+    torch.manual_seed(0)
+    g = tiny_stylegan().eval()
+    z = torch.randn(2, 8)
+    with torch.no_grad():
+        assert torch.equal(g(z), g(z))  # the learned noise scales start at zero
+        for layer in g.layers[-2:]:  # noise at the finest resolution
+            layer.noise.scale.fill_(0.3)
+        first, second = g(z), g(z)
+    assert not torch.allclose(first, second, atol=1e-4)
+    # Fine detail: the images still agree far more with each other than with another w.
+    other = g(torch.randn(2, 8)).detach()
+    assert (first - second).abs().mean() < 0.5 * (first - other).abs().mean()
+
+
+def test_stylegan_samples_are_reproducible_from_the_passed_generator(tmp_path):
+    gan = build(compose_config(["model=stylegan", *TINY_STYLEGAN], tmp_path).model).eval()
+    with torch.no_grad():
+        for layer in gan.generator_ema.layers:
+            layer.noise.scale.fill_(0.5)
+
+    def sample(seed):
+        return gan.sample(3, generator=torch.Generator().manual_seed(seed))
+
+    torch.manual_seed(1)
+    first = sample(0)
+    torch.manual_seed(2)  # the global RNG does not matter, and is left as it was
+    state = torch.get_rng_state()
+    assert torch.equal(sample(0), first)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not torch.allclose(sample(1), first)
+
+
+def test_conditional_style_mixing_replaces_the_noise_and_keeps_the_label():
+    torch.manual_seed(0)
+    network = partial(StyleGANGenerator, channels=1, image_size=16, mapping_layers=2,
+                      max_width=8, min_width=8, mixing_prob=1.0)
+    g = ConditionalGenerator(network, latent_dim=6, num_classes=3).train()
+    codings = []
+    g.net.mapping.register_forward_pre_hook(lambda m, args: codings.append(args[0]))
+    labels = torch.tensor([0, 2, 1, 2])
+    g(torch.randn(4, 6), labels)
+    z, z2 = codings
+    assert torch.equal(z2[:, 6:], F.one_hot(labels, 3).float())
+    assert not torch.allclose(z2[:, :6], z[:, :6])
+
+
+def test_truncation_trick_pulls_styles_towards_the_tracked_average_w():
+    torch.manual_seed(0)
+    g = tiny_stylegan(mixing_prob=0.0, w_avg_beta=0.5).train()
+    z1, z2 = torch.randn(5, 8), torch.randn(5, 8)
+    g(z1)
+    g(z2)
+    with torch.no_grad():
+        w1, w2 = g.mapping(z1), g.mapping(z2)
+    assert torch.allclose(g.w_avg, 0.25 * w1.mean(0) + 0.5 * w2.mean(0), atol=1e-6)
+    g.eval()
+    w_avg = g.w_avg.clone()
+    styles = g.styles(z1, truncation=0.7)
+    assert torch.allclose(styles, (w_avg + 0.7 * (w1 - w_avg))[:, None].expand_as(styles),
+                          atol=1e-6)
+    assert torch.allclose(g.styles(z1, truncation=0.0), w_avg.expand_as(styles))
+    assert torch.equal(g.w_avg, w_avg)  # sampling does not move the average
+    images = g(torch.randn(4, 8), truncation=0.0)
+    assert torch.allclose(images, images[:1].expand_as(images), atol=1e-6)
+
+
+def test_mapping_network_learns_at_a_hundredth_of_the_rate():
+    torch.manual_seed(0)
+    g = tiny_stylegan()
+    optimizer = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.0, 0.99))
+    mapping, conv = g.mapping[1], g.layers[1].conv
+
+    def effective(layer):
+        return (layer.weight * layer.scale).detach().clone()
+
+    before = [effective(mapping), effective(conv)]
+    # Adam's first step moves each stored weight by lr (scaled up: epsilon stays negligible).
+    (g(torch.randn(4, 8)).mean() * 1e6).backward()
+    optimizer.step()
+    mapping_change, conv_change = (
+        ((effective(layer) - old).abs().mean() / old.std()).item()
+        for layer, old in zip((mapping, conv), before, strict=True))
+    assert mapping_change / conv_change == pytest.approx(0.01, rel=0.1)
+
+
+def test_generate_truncates_stylegan_samples_and_refuses_other_gans(tmp_path):
+    cfg = compose_config(["model=stylegan", *TINY_STYLEGAN], tmp_path)
+    gan, trainer = fit_tiny(["model=stylegan", *TINY_STYLEGAN], tmp_path, max_steps=2,
+                            callbacks=[ConfigInCheckpoint(build_config(cfg))])
+    assert torch.equal(gan.generator_ema.w_avg, gan.generator.w_avg)
+    assert gan.generator.w_avg.abs().sum() > 0  # tracked during training
+    trainer.save_checkpoint(tmp_path / "stylegan.ckpt")
+
+    def spread(*overrides):
+        _, npz = generate(tool_config("generate", f"ckpt={tmp_path / 'stylegan.ckpt'}",
+                                      "num=16", *overrides))
+        import numpy as np
+
+        return np.load(npz)["images"].astype(float).std(0).mean()
+
+    none, psi_07, psi_0 = spread(), spread("truncation=0.7"), spread("truncation=0.0")
+    assert psi_0 < 0.5 * psi_07 and psi_07 < none
+    assert (tmp_path / "generated" / "samples_stylegan_seed0_n16_trunc0.7.png").exists()
+    with pytest.raises(GenmodelsError, match="needs a StyleGAN generator"):
+        build(compose_config(["model=dcgan"], tmp_path).model).sample(2, truncation=0.7)
+
+
+def build_config(cfg):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+# ----- the EMA generator, validation ------------------------------------------------------------
+
+
+def test_ema_generator_samples_with_batch_statistics_of_its_own_weights(tmp_path):
+    torch.manual_seed(0)
+    gan = build(compose_config(["model=dcgan", "model.ema_decay=0.5"], tmp_path).model)
+    with torch.no_grad():  # the live G moves away from its EMA copy, with other statistics
+        for p in gan.generator.parameters():
+            p.mul_(1.5).add_(0.1)
+        gan.generator.train()(torch.randn(256, 100))  # the live G's statistics
+    gan.update_generator_ema()
+    gan.eval()
+    ema = gan.ema_generator()
+    z = torch.randn(1024, 100)
+    with torch.no_grad():
+        sampled = ema(z)
+        saved = copy.deepcopy(ema.state_dict())
+        own = ema.train()(z)  # normalized by the EMA network's own batch statistics
+        ema.load_state_dict(saved)
+        ema.eval()
+    assert (sampled - own).abs().mean() < 0.03  # with the live G's statistics: 0.26
+    assert torch.equal(gan.sample(4, torch.Generator().manual_seed(0)),
+                       ema(torch.randn(4, 100, generator=torch.Generator().manual_seed(0))))
+    # Checkpoints keep the EMA copy's own statistics.
+    gan.update_generator_ema()
+    checkpoint = {"state_dict": {k: v.clone() for k, v in gan.state_dict().items()}}
+    gan.on_save_checkpoint(checkpoint)
+    norm = next(name for name, m in ema.named_modules() if isinstance(m, nn.BatchNorm2d))
+    assert torch.equal(checkpoint["state_dict"][f"generator_ema.{norm}.running_mean"],
+                       ema.get_submodule(norm).running_mean)
+    assert not torch.equal(ema.get_submodule(norm).running_mean,
+                           gan.generator.get_submodule(norm).running_mean)
+
+
+def test_validation_measures_the_training_loss_on_the_live_generator():
+    gan = toy_gan(loss="wasserstein", penalty="gradient_penalty", penalty_weight=10.0,
+                  ema_decay=0.5)
+    with torch.no_grad():
+        gan.generator_ema.image.copy_(-gan.generator.image)
+    loader = toy_batches(n=8, batches=1)
+    metrics = toy_trainer().validate(gan, loader, verbose=False)[0]
+    real = loader.dataset.tensors[0]
+    w = gan.discriminator.weight.detach()
+
+    def score(images):
+        return (images * w).flatten(1).sum(1)
+
+    live = torch.full((1, 1, 4, 4), 0.5).triu()
+    ema = torch.full((1, 1, 4, 4), -0.5).triu()
+    penalty = (w.norm() - 1) ** 2  # a linear critic's gradient norm is |w| everywhere
+    assert metrics["val/penalty"] == pytest.approx(penalty.item(), rel=1e-4)
+    expected = score(live).mean() - score(real).mean() + 10.0 * penalty
+    assert metrics["val/d_loss"] == pytest.approx(expected.item(), rel=1e-4)
+    assert metrics["val/g_loss"] == pytest.approx(-score(live).item(), rel=1e-4)
+    assert metrics["val/ema_g_loss"] == pytest.approx(-score(ema).item(), rel=1e-4)
