@@ -207,12 +207,12 @@ class BareGANStep(BareStep):
         gan = self.model
         real, labels = gan.real_batch((real, labels))
         batch_size = len(real)
-        if gan.growth is not None:
-            gan.grow(self.d_steps_taken * batch_size)
         # Phase 1: D
         if gan.half_batch:
             real = real[: len(real) // 2]
             labels = labels[: len(real)] if labels is not None else None
+        if gan.growth is not None:
+            real = gan.grow_for_step(real, self.d_steps_taken, world_size=1)
         fake, fake_labels = gan.fakes_for_discriminator(len(real))
         if gan.replay is not None:
             fake, fresh = gan.replay.mix(fake), fake

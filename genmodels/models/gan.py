@@ -122,9 +122,7 @@ class GAN(GenerativeModel):
             real = real[: len(real) // 2]
             labels = labels[: len(real)] if labels is not None else None
         if self.growth is not None:
-            # Real images D saw before this step, over all processes.
-            self.grow(self.discriminator_steps * len(real) * self.trainer.world_size)
-            real = self.fade_reals(real)
+            real = self.grow_for_step(real, self.discriminator_steps, self.trainer.world_size)
         fake, fake_labels = self.fakes_for_discriminator(len(real))
         if self.replay is not None:
             fake, fresh = self.replay.mix(fake), fake
@@ -345,6 +343,14 @@ class GAN(GenerativeModel):
         for network in (self.generator, self.generator_ema, self.discriminator):
             if network is not None:
                 network.set_stage(stage, alpha)
+
+    def grow_for_step(self, real: torch.Tensor, discriminator_steps: int,
+                      world_size: int) -> torch.Tensor:
+        """Before a D step on `real` (this process's share, after half_batch): set the
+        stage from the real images D saw in the steps before, over all `world_size`
+        processes, and return the reals faded to it."""
+        self.grow(discriminator_steps * len(real) * world_size)
+        return self.fade_reals(real)
 
     def fade_reals(self, real: torch.Tensor) -> torch.Tensor:
         """Real images at D's current resolution, faded in as G's images are."""
