@@ -82,11 +82,18 @@ def ours(args) -> None:
             subprocess.run(command, check=True, cwd=ROOT)
         for epoch in args.epochs:
             model = load_model(run_dir / "checkpoints" / f"epoch_{epoch - 1:03d}.ckpt")
-            saved = {"images": sample_images(model, SAMPLES, seed=1000 + seed)[:, 0].numpy()}
-            if args.recipe == "vae":
-                x = held_out.float() / 255  # the VAE's [0, 1] range
-                saved["neg_elbo"] = negative_elbo(model, x)
-            np.savez_compressed(out / f"{args.recipe}_seed{seed}_epoch{epoch}.npz", **saved)
+            # A GAN with an EMA copy of G: samples of the live G (the recipe as trained)
+            # and of the EMA copy (side ours_ema): EMA does not change the training.
+            emas = [False, True] if getattr(model, "generator_ema", None) is not None else [None]
+            for ema in emas:
+                images = sample_images(model, SAMPLES, seed=1000 + seed, ema=ema)
+                saved = {"images": images[:, 0].numpy()}
+                if args.recipe == "vae":
+                    x = held_out.float() / 255  # the VAE's [0, 1] range
+                    saved["neg_elbo"] = negative_elbo(model, x)
+                side = out.parent / ("ours_ema" if ema else "ours")
+                side.mkdir(exist_ok=True)
+                np.savez_compressed(side / f"{args.recipe}_seed{seed}_epoch{epoch}.npz", **saved)
             print(f"ours {args.recipe} seed {seed} epoch {epoch}: samples saved", flush=True)
 
 

@@ -107,3 +107,28 @@ def test_fakes_for_d_from_g_in_eval_mode_use_and_keep_its_running_statistics():
     gan.generator.train()
     gan.fakes_for_discriminator(5)
     assert not torch.equal(norm.running_mean, before)
+
+
+def test_vae_fashion_is_the_keras_recipe_at_our_loss_scale():
+    vae = build(compose_config(["experiment=vae_fashion", "dataset=digits"]).model)
+    for network in (vae.encoder, vae.decoder):
+        for layer in (m for m in network.modules() if isinstance(m, nn.Linear)):
+            assert torch.count_nonzero(layer.bias) == 0
+            limit = math.sqrt(6 / sum(layer.weight.shape))
+            assert layer.weight.abs().max() <= limit
+    optimizer = vae.configure_optimizers()
+    assert isinstance(optimizer, KerasRMSprop)
+    # Keras trains on the loss / 784 with epsilon 1e-7; on our 784x larger loss the very
+    # same steps need epsilon 1e-7 * 784^2.
+    assert optimizer.defaults["epsilon"] == pytest.approx(1e-7 * 784**2)
+    torch.manual_seed(0)
+    target = torch.randn(50)
+    ours, keras = (torch.zeros(50, requires_grad=True) for _ in range(2))
+    ours_opt = KerasRMSprop([ours], epsilon=optimizer.defaults["epsilon"])
+    keras_opt = KerasRMSprop([keras], epsilon=1e-7)
+    for _ in range(5):
+        for w, opt, scale in ((ours, ours_opt, 1.0), (keras, keras_opt, 1 / 784)):
+            opt.zero_grad()
+            (scale * 0.01 * (w - target).square().sum()).backward()
+            opt.step()
+    torch.testing.assert_close(ours, keras, rtol=1e-5, atol=1e-8)

@@ -7,7 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from genmodels.errors import GenmodelsError
-from genmodels.nn.layers import check_image_shape, init_for_activation, make_activation
+from genmodels.nn.layers import (
+    apply_init,
+    check_image_shape,
+    init_for_activation,
+    make_activation,
+)
 
 
 def mlp(sizes: list[int], activation: str | None, last_activation: str | None) -> nn.Sequential:
@@ -24,11 +29,11 @@ def mlp(sizes: list[int], activation: str | None, last_activation: str | None) -
 class DenseEncoder(nn.Module):
     """Image -> flatten -> dense layers of `hidden_sizes` (+ `out_features`), each followed
     by `activation`: the codings of a plain autoencoder, or the features from which a VAE
-    computes its posterior."""
+    computes its posterior. `init`: "torch" or "glorot" (Keras, see `apply_init`)."""
 
     def __init__(self, channels: int, image_size: int, hidden_sizes: list[int],
                  out_features: int | None = None, activation: str | None = "selu",
-                 out_activation: str | None = "same"):
+                 out_activation: str | None = "same", init: str = "torch"):
         super().__init__()
         check_image_shape(channels, image_size)
         sizes = [channels * image_size * image_size, *hidden_sizes]
@@ -36,7 +41,7 @@ class DenseEncoder(nn.Module):
             sizes.append(out_features)
         # out_activation: the codings' own function (e.g. sigmoid for a sparse autoencoder).
         last = activation if out_activation == "same" else out_activation
-        self.net = nn.Sequential(nn.Flatten(), mlp(sizes, activation, last))
+        self.net = apply_init(nn.Sequential(nn.Flatten(), mlp(sizes, activation, last)), init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -47,11 +52,12 @@ class DenseDecoder(nn.Module):
 
     The output is raw (logits) unless `output_activation` is set: autoencoders and VAEs
     apply their own output function so that their losses can use the stable logit forms.
+    `init`: "torch" or "glorot" (Keras, see `apply_init`).
     """
 
     def __init__(self, latent_dim: int, channels: int, image_size: int,
                  hidden_sizes: list[int], activation: str | None = "selu",
-                 output_activation: str | None = None):
+                 output_activation: str | None = None, init: str = "torch"):
         super().__init__()
         check_image_shape(channels, image_size)
         image_shape = (channels, image_size, image_size)
@@ -60,6 +66,7 @@ class DenseDecoder(nn.Module):
                 output_activation),
             nn.Unflatten(1, image_shape),
         )
+        apply_init(self.net, init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
