@@ -283,21 +283,16 @@ class GAN(GenerativeModel):
 
     @torch.no_grad()
     def update_generator_ema(self):
-        """ema <- decay * ema + (1 - decay) * G, for G's weights. Buffers are copied (the
-        ProGAN stage, StyleGAN's average w), except batch-norm statistics: the live G's
-        belong to other weights, so the EMA copy's are recomputed when it samples."""
+        """ema <- decay * ema + (1 - decay) * G, for G's weights; buffers are copied (the
+        ProGAN stage, StyleGAN's average w). Batch-norm statistics are buffers too, but the
+        live G's belong to other weights: the EMA copy's are recomputed when it samples."""
         if self.generator_ema is None:
             return
         ema, live = self.generator_ema, self.generator
         torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()),
                              1.0 - self.ema_decay)
-        ema_buffers, buffers = [], []
-        for ema_module, module in zip(ema.modules(), live.modules(), strict=True):
-            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
-                ema_buffers += ema_module.buffers(recurse=False)
-                buffers += module.buffers(recurse=False)
-        if buffers:
-            torch._foreach_copy_(ema_buffers, buffers)
+        for ema_buffer, buffer in zip(ema.buffers(), live.buffers(), strict=True):
+            ema_buffer.copy_(buffer)
         self._ema_statistics_stale = True
 
     def ema_generator(self) -> nn.Module:
