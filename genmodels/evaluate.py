@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genmodels.config import build
+from genmodels.console import quiet_third_party
 from genmodels.errors import GenmodelsError
 from genmodels.generate import checkpoint_of, from_uint8, sample_images, sampling_options
 from genmodels.hparams import curated_hparams, log_hparams_session
@@ -93,6 +94,7 @@ def vae_nll(model, images: torch.Tensor, k: int, batch_size: int,
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the run's checkpoint; write <run>/evaluation/<checkpoint>_<split>.json and
     log the metrics to <run>/tensorboard/evaluation. Returns the JSON's content."""
+    quiet_third_party()
     checkpoint_path = checkpoint_of(cfg)
     run_dir = (checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints"
                else checkpoint_path.parent)

@@ -14,8 +14,9 @@ from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from genmodels.callbacks import ConfigInCheckpoint, RNGStateInCheckpoint
+from genmodels.callbacks import ConfigInCheckpoint, ModelSummary, RNGStateInCheckpoint
 from genmodels.config import build, check_override_types
+from genmodels.console import quiet_third_party
 from genmodels.errors import GenmodelsError
 from genmodels.hparams import curated_hparams, log_hparams_session
 from genmodels.runs import check_checkpoint, latest_checkpoint, resumed_config
@@ -78,6 +79,7 @@ def requeued_on_slurm(output_dir: Path) -> bool:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train `cfg.model` on `cfg.dataset`; return the final metrics (val/..., test/...)."""
     check_override_types()
+    quiet_third_party()
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -97,9 +99,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks += [ConfigInCheckpoint(config), RNGStateInCheckpoint()]
+    if cfg.trainer.get("enable_model_summary", True):
+        callbacks.append(ModelSummary())  # in place of Lightning's (below), which shows FLOPs
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                    strategy=choose_strategy(cfg.trainer.get("strategy", "auto"), model))
+                    strategy=choose_strategy(cfg.trainer.get("strategy", "auto"), model),
+                    enable_model_summary=False)
     save_config(config, output_dir)
     hparams = curated_hparams(cfg, output_dir)
     for logger in loggers:

@@ -8,9 +8,10 @@ from genmodels.callbacks.interrupted_checkpoint import InterruptedCheckpoint
 from genmodels.callbacks.latent_grids import LatentGrids
 from genmodels.callbacks.latent_scatter import LatentScatter
 from genmodels.callbacks.learning_rates import LearningRates
+from genmodels.callbacks.model_summary import ModelSummary
 from genmodels.callbacks.rng_state import RNGStateInCheckpoint
 from genmodels.callbacks.sample_quality import SampleQuality
 
 __all__ = ["AggregatePosterior", "ConfigInCheckpoint", "ImageGrids", "InterruptedCheckpoint",
-           "LatentGrids", "LatentScatter", "LearningRates", "RNGStateInCheckpoint",
-           "SampleQuality"]
+           "LatentGrids", "LatentScatter", "LearningRates", "ModelSummary",
+           "RNGStateInCheckpoint", "SampleQuality"]
