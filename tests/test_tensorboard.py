@@ -81,7 +81,7 @@ def test_hparams_are_a_short_flat_curated_set(mixed_logdir):
         assert not any("_target_" in key or "_partial_" in key or "paths" in key
                        for key in hparams), sorted(hparams)
         assert not any(str(value).startswith("/") for value in hparams.values()), hparams
-        assert len(hparams) < 45, sorted(hparams)
+        assert len(hparams) < 60, sorted(hparams)  # the whole config gave ~100
     vae = next(r["hparams"] for r in table.values() if r["hparams"]["model"] == "vae")
     assert vae["model.optimizer"] == "RMSprop" and vae["model.optimizer.lr"] == 1e-3
     assert vae["model.latent_dim"] == 10 and "model.decoder.latent_dim" not in vae  # a copy
