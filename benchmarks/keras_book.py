@@ -180,27 +180,39 @@ def train(args, tf, keras) -> None:
 
 
 def speed(args, tf, keras) -> None:
-    """Training images per second of the book's loop (DCGAN) or `fit` (VAE), after one
-    warm-up pass over `--steps` batches, best of `--rounds` passes."""
+    """Training images per second of the book's loop (DCGAN) or `fit` (VAE): `--warmup`
+    batches first (tracing, first allocations), then `--rounds` timed passes of `--steps`
+    batches. Prints one JSON line."""
     keras.utils.set_random_seed(0)
     images = read_idx_images(args.images)[: args.train].astype(np.float32) / 255.0
-    n = args.steps * args.batch_size
-    x = np.resize(images, (n, 28, 28))
+    total = args.warmup + args.steps
+    x = np.resize(images, (total * args.batch_size, 28, 28))
     rates = []
     if args.model == "dcgan":
         gan, _, _ = book_dcgan(keras)
-        dataset = tf.data.Dataset.from_tensor_slices(x.reshape(-1, 28, 28, 1) * 2. - 1.)
-        dataset = dataset.shuffle(1000).batch(args.batch_size, drop_remainder=True).prefetch(1)
-        run = lambda: train_dcgan_epoch(tf, gan, dataset, args.batch_size)  # noqa: E731
+        data = x.reshape(-1, 28, 28, 1) * 2. - 1.
+        dataset = tf.data.Dataset.from_tensor_slices(data).shuffle(1000)
+        dataset = dataset.batch(args.batch_size, drop_remainder=True).prefetch(1)
+        train_dcgan_epoch(tf, gan, dataset.take(args.warmup), args.batch_size)  # tracing
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            train_dcgan_epoch(tf, gan, dataset.take(args.steps), args.batch_size)
+            rates.append(args.steps * args.batch_size / (time.perf_counter() - start))
     else:
         vae, _, _ = book_vae(keras, tf)
-        run = lambda: vae.fit(x, x, epochs=1, batch_size=args.batch_size,  # noqa: E731
-                              shuffle=True, verbose=0)
-    run()  # warm-up: tracing, first allocations
-    for _ in range(args.rounds):
-        start = time.perf_counter()
-        run()
-        rates.append(n / (time.perf_counter() - start))
+
+        class Timer(keras.callbacks.Callback):
+            """Times batches warmup+1 .. warmup+steps inside one `fit` epoch."""
+
+            def on_train_batch_end(self, batch, logs=None):
+                if batch == args.warmup - 1:
+                    self.start = time.perf_counter()
+                elif batch == total - 1:
+                    rates.append(args.steps * args.batch_size / (time.perf_counter() - self.start))
+
+        for _ in range(args.rounds):
+            vae.fit(x, x, epochs=1, batch_size=args.batch_size, shuffle=True, verbose=0,
+                    callbacks=[Timer()])
     print(json.dumps({"model": args.model, "batch_size": args.batch_size,
                       "images_per_s": rates, "tensorflow": tf.__version__}), flush=True)
 
@@ -218,6 +230,7 @@ def main() -> None:
     parser.add_argument("--out", default="keras_runs")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="0: TensorFlow's default")
     args = parser.parse_args()

@@ -7,17 +7,24 @@ The framework run is `genmodels.training.train` on the composed config (Hydra + 
 testing off). The bare loop trains the same model class, built from the same config, with
 the same optimizers on the same in-memory batches: scale, compute the same losses,
 backward, step. For a GAN it does every option of `GAN.training_step` (d_steps/g_steps,
-half_batch, replay, penalties, EMA, growth; tests/test_bench.py checks that it ends with
-the framework's weights); it runs trainer.precision 32 and bf16-mixed and refuses others. Both count training images per second over `--steps`
-batches after `--warmup` batches, so epoch boundaries (shuffling, per-epoch checkpoints,
-logging) fall inside the framework's measurement. The two alternate `--rounds` times, so
-that a machine shared with other work slows both alike; the medians and the median of
-the rounds' ratios are printed.
+half_batch, replay, penalties, EMA, growth, joint_d_batch, eval_generator_for_d;
+tests/test_bench.py checks that it ends with the framework's weights); it runs
+trainer.precision 32 and bf16-mixed and refuses others. Both count training images per
+second over `--steps` batches after `--warmup` batches, so epoch boundaries (shuffling,
+per-epoch checkpoints, logging) fall inside the framework's measurement. They alternate
+`--rounds` times, so that a machine shared with other work slows both alike; the medians
+and the median of the rounds' ratios are printed.
+
+`--compare keras --keras-python <python with TensorFlow>` adds a third column: the seed
+text's own Keras code (benchmarks/keras_book.py: Geron's DCGAN loop, or `fit` of his dense
+VAE) on the same batch size and thread count, in its own process, in the same rounds.
 """
 
 import argparse
 import contextlib
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +46,7 @@ from genmodels.speed import configure_backends, optimize_model
 from genmodels.training import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+KERAS_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "keras_book.py"
 
 
 class StepTimer(L.Callback):
@@ -258,6 +266,36 @@ def only_trainable_by(optimizer, optimizers):
             param.requires_grad = flag
 
 
+def keras_recipe(cfg: DictConfig) -> str:
+    """The seed text's Keras network that `cfg.model` reproduces: dcgan or vae."""
+    model = cfg.model
+    if model._target_.endswith(".GAN") and model.generator._target_.endswith("DCGANGenerator"):
+        return "dcgan"
+    if model._target_.endswith(".VAE") and model.encoder._target_.endswith("DenseEncoder"):
+        return "vae"
+    raise GenmodelsError("--compare keras runs the book's Keras DCGAN (model=dcgan, "
+                         "experiment=dcgan_fashion) and dense VAE (model=vae, experiment="
+                         f"vae_fashion); {model._target_} has no Keras counterpart here.")
+
+
+def keras_speed(cfg: DictConfig, recipe: str, python: str, warmup: int, steps: int) -> float:
+    """Training images per second of the book's Keras code (benchmarks/keras_book.py) in
+    `python`, TensorFlow's own interpreter, with as many threads as PyTorch uses."""
+    command = [python, str(KERAS_SCRIPT), "speed", "--model", recipe,
+               "--batch-size", str(cfg.dataset.batch_size), "--steps", str(steps),
+               "--warmup", str(warmup), "--rounds", "1",
+               "--threads", str(torch.get_num_threads())]
+    if cfg.dataset.get("images"):
+        command += ["--images", str(cfg.dataset.images)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", None) or str(error)
+        raise GenmodelsError(f"The Keras benchmark failed ({' '.join(command)}): "
+                             f"{detail.strip().splitlines()[-1]}") from None
+    return json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"][0]
+
+
 def positive_int(minimum: int):
     """An argparse type: an integer >= minimum, or one sentence naming the bad value."""
     def parse(text: str) -> int:
@@ -282,31 +320,49 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="unmeasured batches first (>= 1)")
     parser.add_argument("--rounds", type=positive_int(1), default=3,
                         help="framework/bare alternations")
+    parser.add_argument("--compare", choices=["keras"], default=None,
+                        help="also time the seed text's Keras code (a third column)")
+    parser.add_argument("--keras-python", default=None,
+                        help="with --compare keras: a Python that has TensorFlow")
     args = parser.parse_args(argv)
+    if args.compare and not args.keras_python:
+        raise GenmodelsError("--compare keras needs --keras-python <a Python with "
+                             "TensorFlow>, e.g. a virtualenv's bin/python (genmodels "
+                             "itself does not depend on TensorFlow).")
     overrides = ["logger=csv", *args.overrides]
-    framework, bare = [], []
+    runners = ["framework", "bare"] + (["keras"] if args.compare else [])
+    speeds = {name: [] for name in runners}
     with tempfile.TemporaryDirectory() as tmp:
         # Compose (and check) the config before anything runs.
-        compose_config(overrides, Path(tmp) / "check")
+        cfg = compose_config(overrides, Path(tmp) / "check")
+        recipe = keras_recipe(cfg) if args.compare else None
         for round_ in range(args.rounds):
             cfg = compose_config(overrides, Path(tmp) / f"run{round_}")
-            # Alternate which goes first, so that neither always runs on a warmer machine.
-            order = (0, 1) if round_ % 2 == 0 else (1, 0)
-            for which in order:
-                if which == 0:
-                    framework.append(framework_speed(cfg, args.warmup, args.steps))
+            # Rotate which goes first, so that none always runs on a warmer machine.
+            for name in runners[round_ % len(runners):] + runners[: round_ % len(runners)]:
+                if name == "framework":
+                    speeds[name].append(framework_speed(cfg, args.warmup, args.steps))
+                elif name == "bare":
+                    speeds[name].append(bare_speed(cfg, args.warmup, args.steps))
                 else:
-                    bare.append(bare_speed(cfg, args.warmup, args.steps))
-            print(f"round {round_ + 1}: framework {framework[-1]:.0f} images/s, "
-                  f"bare loop {bare[-1]:.0f} images/s", flush=True)
-    # The ratio of each round's pair, whose two runs shared the machine's load, then median.
-    ratios = [f / b for f, b in zip(framework, bare, strict=True)]
-    result = {"framework": statistics.median(framework), "bare": statistics.median(bare),
-              "ratio": statistics.median(ratios)}
-    print(f"{' '.join(args.overrides)}: framework {result['framework']:.0f} images/s, "
-          f"bare PyTorch loop {result['bare']:.0f} images/s, ratio {result['ratio']:.3f} "
-          f"(medians of {args.rounds} alternating rounds of {args.steps} batches; ratio: "
-          f"median of the rounds' ratios)")
+                    speeds[name].append(keras_speed(cfg, recipe, args.keras_python,
+                                                    args.warmup, args.steps))
+            print(f"round {round_ + 1}: " + ", ".join(
+                f"{name} {values[-1]:.0f} images/s" for name, values in speeds.items()),
+                flush=True)
+    # The ratio of each round's pair, whose runs shared the machine's load, then median.
+    result = {name: statistics.median(values) for name, values in speeds.items()}
+    result["ratio"] = statistics.median(
+        f / b for f, b in zip(speeds["framework"], speeds["bare"], strict=True))
+    line = (f"{' '.join(args.overrides)}: framework {result['framework']:.0f} images/s, "
+            f"bare PyTorch loop {result['bare']:.0f} images/s, ratio {result['ratio']:.3f}")
+    if args.compare:
+        result["keras_ratio"] = statistics.median(
+            f / k for f, k in zip(speeds["framework"], speeds["keras"], strict=True))
+        line += (f"; Keras {result['keras']:.0f} images/s, framework/Keras "
+                 f"{result['keras_ratio']:.3f}")
+    print(f"{line} (medians of {args.rounds} rotating rounds of {args.steps} batches; "
+          f"ratios: medians of the rounds' ratios; {torch.get_num_threads()} threads)")
     return result
 
 
