@@ -13,6 +13,8 @@ from omegaconf import DictConfig
 
 from genmodels.config import task_function
 from genmodels.errors import GenmodelsError
+from genmodels.rundirs import RunDirectory
+from genmodels.sweeps import record_failed_job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -25,12 +27,18 @@ def main(cfg: DictConfig) -> float | None:
         metrics = task_function(cfg.get("task", "genmodels.training.train"))(cfg)
         # Sweepers (e.g. Optuna) optimise the value returned here.
         return optimized_value(cfg, metrics)
-    except GenmodelsError as error:
+    except Exception as error:
+        user_error = isinstance(error, GenmodelsError)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # One job of a sweep failed: Hydra records it (Optuna: a failed trial) and the
-            # sweep goes on with the next one.
-            logging.getLogger(__name__).error("Error: %s", error)
+            # One job of a sweep failed: the sweep goes on, and its table lists the job as
+            # failed with this reason (Optuna records a failed trial). A bug keeps its
+            # traceback, in the job's log.
+            logging.getLogger(__name__).error("Error: %s", error, exc_info=not user_error)
+            record_failed_job(error)
+            return None
+        if not user_error:
             raise
+        RunDirectory.discard_if_unused()  # a refused start leaves no directory behind
         sys.exit(f"Error: {error}")
 
 

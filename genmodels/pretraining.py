@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 from genmodels.config import build
 from genmodels.data import InMemoryImageDataModule
 from genmodels.errors import GenmodelsError
+from genmodels.rundirs import save_hydra_record
 from genmodels.runs import load_model
 from genmodels.training import train
 
@@ -72,6 +73,7 @@ def pretrain_classifier(cfg: DictConfig) -> dict[str, float]:
     log.info("Phase 1/3: autoencoder %s on all training images.", cfg.model._target_)
     metrics = {f"autoencoder/{k}": v for k, v in train(autoencoder_cfg).items()
                if k.startswith(("val/", "test/"))}
+    save_hydra_record(cfg, output_dir)  # phase 1 passed the run's checks
     autoencoder = load_model(output_dir / "autoencoder")
     if not hasattr(autoencoder, "encoder"):
         raise GenmodelsError(f"model {cfg.model._target_} has no encoder to reuse; use an "

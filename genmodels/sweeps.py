@@ -3,6 +3,8 @@
 import csv
 import json
 import logging
+import math
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -10,29 +12,94 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
+# Metrics where a higher value is better; every other optimized metric is a loss or a
+# distance (val/loss, val/fd_classifier, ...), where lower is better.
+HIGHER_IS_BETTER = ("elbo", "acc", "precision", "recall", "density", "coverage",
+                    "modes_covered", "is_inception")
+
+
+def record_failed_job(error: BaseException) -> None:
+    """Note in a sweep job's `summary.json` that it failed, and why (one line), so the
+    sweep table lists it. A status the run already wrote (e.g. diverged) is kept."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get()
+    job_dir = Path(hydra.runtime.output_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    summary_file = job_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary.setdefault("status", "failed")
+    summary.setdefault("overrides", list(hydra.overrides.task))
+    summary["error"] = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def metric_unit(metric: str, model: dict) -> str | None:
+    """The unit of a logged metric for the model family that logged it, so that a table
+    never puts, say, a per-pixel cross-entropy and nats per image in one column."""
+    family = str(model.get("_target_", "")).rsplit(".", 1)[-1]
+    name = metric.split("/", 1)[-1]
+    if family == "VAE":
+        # recon, kl and elbo are always in nats per image (README, "Variational
+        # autoencoders"); the loss is the weighted training objective.
+        return {"recon": "nats/image", "kl": "nats/image", "elbo": "nats/image",
+                "loss": "VAE objective"}.get(name)
+    if family.endswith("AutoEncoder"):
+        per_pixel = f"{str(model.get('loss', 'bce')).upper()}/pixel"
+        if name == "recon" or (name == "loss" and family in ("AutoEncoder",
+                                                              "DenoisingAutoEncoder")):
+            return per_pixel
+        return "objective" if name == "loss" else None
+    if family == "GAN" and name in ("d_loss", "g_loss"):
+        return f"{model.get('loss', 'non_saturating')} loss"
+    return None
+
+
+def read_job(job_dir: Path) -> dict | None:
+    """One job's row: overrides, status, the one-line reason of a failure, its final
+    metrics keyed by `metric [unit]`. None for a folder that is not a job."""
+    overrides_file = job_dir / ".hydra" / "overrides.yaml"
+    summary_file = job_dir / "summary.json"
+    if not (overrides_file.is_file() or summary_file.is_file()):
+        return None
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    overrides = (list(OmegaConf.load(overrides_file)) if overrides_file.is_file()
+                 else summary.get("overrides", []))
+    row = {"job": job_dir.name, "overrides": overrides, "metrics": {}}
+    if not summary:
+        row |= {"status": "failed",
+                "error": "stopped before writing summary.json (see the job's log)"}
+        return row
+    metrics = summary.get("metrics", {})
+    finite = all(v is not None for v in metrics.values())
+    row["status"] = summary.get("status") or ("ok" if finite else "diverged")
+    if summary.get("error"):
+        row["error"] = summary["error"]
+    config_file = job_dir / "config.yaml"
+    model = OmegaConf.to_container(OmegaConf.load(config_file)).get("model", {}) \
+        if config_file.is_file() else {}
+    for name, value in metrics.items():
+        if name.startswith(("val/", "test/")):
+            unit = metric_unit(name, model)
+            row["metrics"][f"{name} [{unit}]" if unit else name] = value
+    return row
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
 
 def collect_jobs(sweep_dir: Path) -> list[dict]:
-    """One row per job directory: its overrides, status and final metrics (summary.json).
-    A job without summary.json failed or is still running."""
-    rows = []
-    for job_dir in sorted(sweep_dir.iterdir(), key=job_number):
-        overrides_file = job_dir / ".hydra" / "overrides.yaml"
-        if not overrides_file.is_file():
-            continue
-        row = {"job": job_dir.name,
-               "overrides": " ".join(OmegaConf.load(overrides_file)), "status": "failed"}
-        summary_file = job_dir / "summary.json"
-        if summary_file.is_file():
-            summary = json.loads(summary_file.read_text())
-            metrics = summary["metrics"]
-            finite = all(v is not None for v in metrics.values())
-            row["status"] = "ok" if finite else "diverged"
-            row |= {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
-        rows.append(row)
-    # Show what differs between the jobs, not the arguments they all share.
-    shared = set.intersection(*(set(r["overrides"].split()) for r in rows)) if rows else set()
-    for row in rows:
-        row["overrides"] = " ".join(o for o in row["overrides"].split() if o not in shared)
+    """One row per job directory of a sweep, in job order. A job without summary.json
+    failed (or was stopped) during training."""
+    rows = [row for job_dir in sorted(sweep_dir.iterdir(), key=job_number)
+            if job_dir.is_dir() and (row := read_job(job_dir)) is not None]
+    # One column per swept parameter: the keys whose value is not the same in every job.
+    values = [{override_key(o): o.split("=", 1)[-1] for o in row["overrides"]} for row in rows]
+    keys = list(dict.fromkeys(key for job in values for key in job))
+    swept = [k for k in keys if len({job.get(k) for job in values}) > 1]
+    for row, job in zip(rows, values):
+        row["parameters"] = {key: job.get(key, "") for key in swept}
     return rows
 
 
@@ -41,32 +108,74 @@ def job_number(path: Path) -> tuple[int, str]:
     return (int(head) if head.isdigit() else 1 << 30, path.name)
 
 
-def write_tables(rows: list[dict], sweep_dir: Path) -> None:
-    columns = ["job", "status", "overrides"]
-    columns += sorted({k for row in rows for k in row} - set(columns))
+def best_job(rows: list[dict], metric: str | None,
+             direction: str | None) -> tuple[str | None, str]:
+    """The job with the best `metric` among those that finished, and a note saying how it
+    was chosen (or why none is marked: the metric's values are in different units)."""
+    if not metric:
+        return None, ""
+    columns = {c for row in rows for c in row["metrics"] if c.split(" [")[0] == metric}
+    if len(columns) > 1:
+        return None, (f"No best job marked: {metric} is in different units across the jobs "
+                      f"({', '.join(sorted(columns))}).")
+    scored = [(row["metrics"][c], row["job"]) for row in rows if row["status"] == "ok"
+              for c in columns if isinstance(row["metrics"].get(c), float | int)
+              and math.isfinite(row["metrics"][c])]
+    if not scored:
+        return None, f"No best job marked: no job finished with a value of {metric}."
+    if direction is None:
+        direction = "maximize" if any(k in metric for k in HIGHER_IS_BETTER) else "minimize"
+    best = (max if direction == "maximize" else min)(scored)[1]
+    return best, f"best: {best} ({'highest' if direction == 'maximize' else 'lowest'} {metric})"
+
+
+def write_tables(rows: list[dict], sweep_dir: Path, metric: str | None = None,
+                 direction: str | None = None) -> None:
+    best, note = best_job(rows, metric, direction)
+    parameters = list(dict.fromkeys(k for row in rows for k in row["parameters"]))
+    metrics = sorted({k for row in rows for k in row["metrics"]})
+    columns = ["job", "status", *(["best"] if metric else []), *parameters, *metrics]
+    if any(row.get("error") for row in rows):
+        columns.append("error")
+    table = [{"job": row["job"], "status": row["status"],
+              "best": "*" if row["job"] == best else "", "error": row.get("error", ""),
+              **row["parameters"], **row["metrics"]} for row in rows]
     with open(sweep_dir / "sweep_summary.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
+        writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(table)
 
     def cell(value) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value if value is not None
-                                                                  else "")
+        text = f"{value:.4g}" if isinstance(value, float) else str(value if value is not None
+                                                                   else "")
+        return text.replace("|", "\\|")
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    lines = ["| " + " | ".join(cell(c) for c in columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in table]
+    if note:
+        lines += ["", note]
     (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
 
 
 class SweepSummary(Callback):
     """Hydra callback (conf/hydra/default.yaml): after a multirun, `sweep_summary.csv` and
-    `sweep_summary.md` in the sweep directory list every job with its overrides, status
-    (ok, diverged, failed) and final validation/test metrics."""
+    `sweep_summary.md` in the sweep directory list every job with one column per swept
+    parameter, its status (ok, diverged, failed, with the reason of a failure) and its
+    final validation/test metrics, each column in one unit (named in its header); with
+    `optimized_metric` set, the best job is marked. If a job failed, the sweep then exits
+    with status 1 and a one-line message."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():  # e.g. a SLURM sweep whose jobs have not started
             return
         rows = collect_jobs(sweep_dir)
-        write_tables(rows, sweep_dir)
+        direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+        write_tables(rows, sweep_dir, config.get("optimized_metric"),
+                     direction if isinstance(direction, str) else None)
         log.info("Sweep summary (%d jobs): %s", len(rows), sweep_dir / "sweep_summary.md")
+        failed = [row for row in rows if row["status"] == "failed"]
+        if failed:
+            first = failed[0]
+            sys.exit(f"Error: {len(failed)} of {len(rows)} jobs failed ({first['job']}: "
+                     f"{first.get('error', '')}); see {sweep_dir / 'sweep_summary.md'}.")

@@ -1,5 +1,6 @@
 """The training job behind `train.py`: build everything from the config, then fit."""
 
+import copy
 import json
 import logging
 import math
@@ -15,10 +16,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from genmodels.callbacks import ConfigInCheckpoint, ModelSummary, RNGStateInCheckpoint
+from genmodels.callbacks.interrupted_checkpoint import exit_after_signal
 from genmodels.config import build, check_override_types
 from genmodels.console import quiet_third_party
 from genmodels.errors import GenmodelsError
 from genmodels.hparams import curated_hparams, log_hparams_session
+from genmodels.rundirs import save_hydra_record
 from genmodels.runs import check_checkpoint, latest_checkpoint, resumed_config
 from genmodels.speed import configure_backends, optimize_model
 
@@ -80,6 +83,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train `cfg.model` on `cfg.dataset`; return the final metrics (val/..., test/...)."""
     check_override_types()
     quiet_third_party()
+    command = copy.deepcopy(cfg)  # as composed from the command line, recorded in .hydra/
     if cfg.get("resume"):
         cfg = resumed_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -105,14 +109,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                     strategy=choose_strategy(cfg.trainer.get("strategy", "auto"), model),
                     enable_model_summary=False)
-    save_config(config, output_dir)
+    save_config(config, output_dir, command)
     hparams = curated_hparams(cfg, output_dir)
     for logger in loggers:
         # Kept by each logger and written to its hparams.yaml when training starts (the
         # TensorBoard logger writes no event for it: default_hp_metric is false).
         logger.log_hyperparams(hparams)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except SystemExit as stop:  # SIGTERM or Ctrl-C, after saving interrupted.ckpt
+        raise exit_after_signal(stop, trainer, output_dir) from None
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, verbose=False)
@@ -154,9 +161,11 @@ def log_final_metrics(loggers, hparams: dict, metrics: dict[str, float], step: i
 
 
 @rank_zero_only
-def save_config(config: dict, output_dir: Path) -> None:
-    """The resolved config, next to Hydra's own record of the unresolved one."""
+def save_config(config: dict, output_dir: Path, command: DictConfig) -> None:
+    """The resolved config, and Hydra's record of the command's unresolved one: written
+    once the run has passed its checks, so a refused start changes nothing."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    save_hydra_record(command, output_dir)
     OmegaConf.save(OmegaConf.create(config), output_dir / "config.yaml")
 
 

@@ -172,15 +172,25 @@ def test_train_py_runs_end_to_end_and_says_where_outputs_went(tmp_path):
 
 
 def test_multirun_trains_each_job_in_its_own_directory(tmp_path):
-    result = run_train("-m", "model=ae,vae", "trainer.max_epochs=1",
+    # The second batch size is refused: the sweep goes on and its table says why.
+    result = run_train("-m", "model=ae,vae", "dataset.batch_size=32,-5", "trainer.max_epochs=1",
                        "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
                        "test=false", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: 2 of 4 jobs failed")
     (sweep,) = (tmp_path / "logs" / "multiruns").iterdir()
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["0_ae_digits", "1_vae_digits"]
-    for job in jobs:
+    assert jobs == ["0_ae_digits", "1_ae_digits", "2_vae_digits", "3_vae_digits"]
+    for job in ("0_ae_digits", "2_vae_digits"):
         assert (sweep / job / "checkpoints" / "last.ckpt").exists()
+    with open(sweep / "sweep_summary.csv") as file:
+        table = list(csv.DictReader(file))
+    assert [(r["model"], r["dataset.batch_size"], r["status"]) for r in table] == [
+        ("ae", "32", "ok"), ("ae", "-5", "failed"), ("vae", "32", "ok"), ("vae", "-5", "failed")]
+    assert table[1]["error"] == "dataset.batch_size must be positive, got -5."
+    assert table[0]["val/loss [BCE/pixel]"] and table[2]["val/loss [VAE objective]"]
+    assert (sweep / "sweep_summary.md").read_text().count("| failed |") == 2
 
 
 def test_gan_trains_with_ddp_on_two_cpu_processes(tmp_path):
