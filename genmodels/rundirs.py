@@ -81,8 +81,10 @@ class RunDirectory(Callback):
             return
         job_log = run_dir / f"{HydraConfig.get().job.name}.log"
         if all(path == job_log for path in run_dir.iterdir()):
-            for handler in logging.getLogger().handlers:  # Hydra's handler of that log
+            root = logging.getLogger()
+            for handler in list(root.handlers):  # Hydra's handler of that log
                 if getattr(handler, "baseFilename", None) == str(job_log):
+                    root.removeHandler(handler)
                     handler.close()
             job_log.unlink(missing_ok=True)
             run_dir.rmdir()
