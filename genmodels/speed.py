@@ -7,6 +7,7 @@ Every option is off or neutral on CPU, where none of them helped these small mod
 import logging
 import math
 import os
+import time
 
 import torch
 from lightning.pytorch.utilities import rank_zero_only
@@ -32,22 +33,23 @@ def configure_backends(speed: DictConfig | None) -> None:
     torch.set_float32_matmul_precision(precision)
     torch.backends.cudnn.benchmark = bool(speed.get("cudnn_benchmark", False))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads, reason = choose_cpu_threads(speed.get("cpu_threads"), parallel_jobs(cpus),
-                                         cpus or 1, os.getloadavg()[0])
+    jobs = parallel_jobs(cpus)
+    busy, judged = (0.0, "") if speed.get("cpu_threads") or jobs > 1 else busy_cores()
+    threads, reason = choose_cpu_threads(speed.get("cpu_threads"), jobs, cpus or 1, busy)
     torch.set_num_threads(threads)
     if rank_zero_only.rank == 0:
-        log.info("PyTorch CPU threads: %d (%s).", threads, reason)
+        log.info("PyTorch CPU threads: %d (%s%s).", threads, reason, judged)
 
 
 def choose_cpu_threads(requested: int | None, jobs: int, cpus: int,
-                       load: float) -> tuple[int, str]:
+                       busy: float) -> tuple[int, str]:
     """PyTorch's intra-op threads, and why: `requested` when given; else one per job when
-    `jobs` run at once on the machine; else one per core that the 1-minute load average
-    leaves idle (at least one).
+    `jobs` run at once on the machine; else one per core that other work (`busy` cores'
+    worth) leaves idle, at least one.
 
-    On a CPU shared with other work, PyTorch's threads wait on each other: with another
-    training on the same two cores, the default VAE ran at 25 it/s on two threads and
-    228 it/s on one.
+    On a CPU shared with other work, PyTorch's threads wait on each other: beside another
+    training on two cores, the default VAE ran at 2 to 3 it/s on two threads and at 30 on
+    one (README, "Speed").
     """
     if requested:
         if int(requested) < 1:
@@ -55,8 +57,37 @@ def choose_cpu_threads(requested: int | None, jobs: int, cpus: int,
         return int(requested), "speed.cpu_threads"
     if jobs > 1:
         return 1, f"{jobs} jobs run at once; set speed.cpu_threads to change"
-    idle = max(1, min(cpus, math.floor(cpus - load + 0.5)))
-    return idle, (f"load average {load:.1f} on {cpus} cores; set speed.cpu_threads to change")
+    idle = max(1, min(cpus, math.floor(cpus - busy + 0.5)))
+    return idle, f"{busy:.1f} of {cpus} cores busy; set speed.cpu_threads to change"
+
+
+def busy_cores(seconds: float = 0.25) -> tuple[float, str]:
+    """How many cores other work keeps busy, and how that was judged: the 1-minute load
+    average, or the busy share of the CPUs over the next `seconds` (Linux) when higher,
+    since the load average takes a minute to notice a job that has just started, such as
+    a second training started at the same time."""
+    load = os.getloadavg()[0]
+    try:
+        first = read_cpu_times()
+        time.sleep(seconds)
+        now = busy_share(first, read_cpu_times()) * (os.cpu_count() or 1)
+    except OSError:  # no /proc/stat
+        return load, f": load average {load:.1f}"
+    return max(load, now), f": load average {load:.1f}, {now:.1f} just now"
+
+
+def read_cpu_times() -> list[int]:
+    """The machine's CPU time counters: user, nice, system, idle, iowait, irq, softirq,
+    steal (the first line of /proc/stat)."""
+    with open("/proc/stat") as stat:
+        return [int(n) for n in stat.readline().split()[1:9]]
+
+
+def busy_share(first: list[int], second: list[int]) -> float:
+    """The share of CPU time spent busy between two read_cpu_times() readings."""
+    spent = [b - a for a, b in zip(first, second, strict=True)]
+    idle = spent[3] + spent[4]  # idle and waiting for I/O
+    return (sum(spent) - idle) / sum(spent) if sum(spent) else 0.0
 
 
 def parallel_jobs(cpus: int | None) -> int:

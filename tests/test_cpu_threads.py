@@ -6,13 +6,14 @@ import os
 import pytest
 import torch
 
+from genmodels import speed
 from genmodels.errors import GenmodelsError
 from genmodels.speed import choose_cpu_threads, configure_backends, parallel_jobs
 
 from .conftest import compose_config
 
 
-@pytest.mark.parametrize(("load", "cpus", "expected"), [
+@pytest.mark.parametrize(("busy", "cpus", "expected"), [
     (0.0, 2, 2),    # idle: every core
     (0.3, 2, 2),
     (1.2, 2, 1),    # another training on one of two cores
@@ -20,17 +21,36 @@ from .conftest import compose_config
     (3.0, 16, 13),  # a big machine keeps the idle cores
     (0.0, 1, 1),
 ])
-def test_default_threads_follow_the_idle_cores(load, cpus, expected):
-    threads, reason = choose_cpu_threads(None, jobs=1, cpus=cpus, load=load)
+def test_default_threads_follow_the_idle_cores(busy, cpus, expected):
+    threads, reason = choose_cpu_threads(None, jobs=1, cpus=cpus, busy=busy)
     assert threads == expected
-    assert f"load average {load:.1f} on {cpus} cores" in reason
+    assert f"{busy:.1f} of {cpus} cores busy" in reason
 
 
 def test_parallel_jobs_get_one_thread_each_and_a_setting_wins():
-    assert choose_cpu_threads(None, jobs=4, cpus=16, load=0.0)[0] == 1
-    assert choose_cpu_threads(3, jobs=4, cpus=2, load=9.0) == (3, "speed.cpu_threads")
+    assert choose_cpu_threads(None, jobs=4, cpus=16, busy=0.0)[0] == 1
+    assert choose_cpu_threads(3, jobs=4, cpus=2, busy=9.0) == (3, "speed.cpu_threads")
     with pytest.raises(GenmodelsError, match="speed.cpu_threads must be at least 1"):
-        choose_cpu_threads(-2, jobs=1, cpus=2, load=0.0)
+        choose_cpu_threads(-2, jobs=1, cpus=2, busy=0.0)
+
+
+def fake_machine(monkeypatch, load: float, busy_share: float, cpus: int = 4):
+    """A machine of `cpus` cores with this load average, its CPUs busy `busy_share` of the
+    time while the threads are chosen."""
+    readings = iter([[0] * 8, [int(100 * busy_share), 0, 0, 100 - int(100 * busy_share),
+                               0, 0, 0, 0]])
+    monkeypatch.setattr(speed, "read_cpu_times", lambda: next(readings))
+    monkeypatch.setattr(speed.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 1.0, 1.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+
+
+def test_a_job_started_just_now_counts_before_the_load_average_sees_it(monkeypatch):
+    fake_machine(monkeypatch, load=0.1, busy_share=0.5, cpus=2)  # one of two cores busy
+    assert speed.busy_cores() == (1.0, ": load average 0.1, 1.0 just now")
+    fake_machine(monkeypatch, load=1.6, busy_share=0.0, cpus=2)  # the load average is higher
+    assert speed.busy_cores()[0] == 1.6
 
 
 @pytest.mark.parametrize(("n_jobs", "expected"), [(4, 4), (-1, 8), (-2, 7), (1, 1)])
@@ -48,12 +68,11 @@ def test_parallel_jobs_reads_the_joblib_launcher(n_jobs, expected):
 def test_configure_backends_sets_and_says_the_chosen_count(monkeypatch, caplog):
     cfg = compose_config([])
     before = torch.get_num_threads()
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.4, 1.0, 1.0))
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    fake_machine(monkeypatch, load=1.4, busy_share=0.1, cpus=4)
     try:
         with caplog.at_level(logging.INFO, logger="genmodels.speed"):
             configure_backends(cfg.speed)
         assert torch.get_num_threads() == 3
-        assert "PyTorch CPU threads: 3 (load average 1.4 on 4 cores" in caplog.text
+        assert "PyTorch CPU threads: 3 (1.4 of 4 cores busy" in caplog.text
     finally:
         torch.set_num_threads(before)
