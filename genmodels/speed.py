@@ -33,19 +33,20 @@ def configure_backends(speed: DictConfig | None) -> None:
     torch.set_float32_matmul_precision(precision)
     torch.backends.cudnn.benchmark = bool(speed.get("cudnn_benchmark", False))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    jobs = parallel_jobs(cpus)
-    busy, judged = (0.0, "") if speed.get("cpu_threads") or jobs > 1 else busy_cores()
-    threads, reason = choose_cpu_threads(speed.get("cpu_threads"), jobs, cpus or 1, busy)
+    requested, jobs = speed.get("cpu_threads"), parallel_jobs(cpus)
+    omp_threads = os.environ.get("OMP_NUM_THREADS")
+    busy, judged = (0.0, "") if requested or jobs > 1 or omp_threads else busy_cores()
+    threads, reason = choose_cpu_threads(requested, jobs, cpus or 1, busy, omp_threads)
     torch.set_num_threads(threads)
     if rank_zero_only.rank == 0:
         log.info("PyTorch CPU threads: %d (%s%s).", threads, reason, judged)
 
 
-def choose_cpu_threads(requested: int | None, jobs: int, cpus: int,
-                       busy: float) -> tuple[int, str]:
+def choose_cpu_threads(requested: int | None, jobs: int, cpus: int, busy: float,
+                       omp_threads: str | None = None) -> tuple[int, str]:
     """PyTorch's intra-op threads, and why: `requested` when given; else one per job when
-    `jobs` run at once on the machine; else one per core that other work (`busy` cores'
-    worth) leaves idle, at least one.
+    `jobs` run at once on the machine; else the environment's OMP_NUM_THREADS when set;
+    else one per core that other work (`busy` cores' worth) leaves idle, at least one.
 
     On a CPU shared with other work, PyTorch's threads wait on each other: beside another
     training on two cores, the default VAE ran at 2 to 3 it/s on two threads and at 30 on
@@ -57,6 +58,8 @@ def choose_cpu_threads(requested: int | None, jobs: int, cpus: int,
         return int(requested), "speed.cpu_threads"
     if jobs > 1:
         return 1, f"{jobs} jobs run at once; set speed.cpu_threads to change"
+    if omp_threads:
+        return max(1, int(omp_threads)), "OMP_NUM_THREADS; set speed.cpu_threads to change"
     idle = max(1, min(cpus, math.floor(cpus - busy + 0.5)))
     return idle, f"{busy:.1f} of {cpus} cores busy; set speed.cpu_threads to change"
 

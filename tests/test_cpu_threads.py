@@ -30,6 +30,9 @@ def test_default_threads_follow_the_idle_cores(busy, cpus, expected):
 def test_parallel_jobs_get_one_thread_each_and_a_setting_wins():
     assert choose_cpu_threads(None, jobs=4, cpus=16, busy=0.0)[0] == 1
     assert choose_cpu_threads(3, jobs=4, cpus=2, busy=9.0) == (3, "speed.cpu_threads")
+    # The environment's choice is kept, unless several jobs run at once.
+    assert choose_cpu_threads(None, jobs=1, cpus=2, busy=0.0, omp_threads="1")[0] == 1
+    assert choose_cpu_threads(None, jobs=4, cpus=8, busy=0.0, omp_threads="8")[0] == 1
     with pytest.raises(GenmodelsError, match="speed.cpu_threads must be at least 1"):
         choose_cpu_threads(-2, jobs=1, cpus=2, busy=0.0)
 
@@ -44,6 +47,7 @@ def fake_machine(monkeypatch, load: float, busy_share: float, cpus: int = 4):
     monkeypatch.setattr(os, "getloadavg", lambda: (load, 1.0, 1.0))
     monkeypatch.setattr(os, "cpu_count", lambda: cpus)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
 
 
 def test_a_job_started_just_now_counts_before_the_load_average_sees_it(monkeypatch):
