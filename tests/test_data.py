@@ -75,6 +75,40 @@ def test_loader_visits_every_example_once_and_reshuffles_each_epoch():
     assert len(dropping) == 6 and all(len(y) == 16 for _, y in dropping)
 
 
+def test_loader_resumes_mid_epoch_from_any_batch_with_the_same_permutation():
+    images = torch.zeros(50, 1, 1, 1, dtype=torch.uint8)
+    labels = torch.arange(50)
+    trainer = {"epoch": 0}  # the epoch as the trainer counts it
+
+    def loader(seed=5):
+        return TensorBatchLoader(images, labels, batch_size=8, shuffle=True, drop_last=True,
+                                 seed=seed, epoch_fn=lambda: trainer["epoch"])
+
+    straight = loader()
+    epochs = []
+    for trainer["epoch"] in (0, 1, 2):
+        epochs.append([y for _, y in straight])
+    for stopped_after in range(1, len(straight) + 1):
+        trainer["epoch"] = 1
+        interrupted = loader()
+        passes = iter(interrupted)
+        for _ in range(stopped_after):
+            next(passes)
+        resumed = loader()  # a new process, fed the checkpointed state
+        resumed.load_state_dict(interrupted.state_dict())
+        rest = [y for _, y in resumed]
+        assert len(rest) == len(straight) - stopped_after
+        assert all(torch.equal(a, b) for a, b in zip(rest, epochs[1][stopped_after:]))
+        trainer["epoch"] = 2  # the next epoch is whole again
+        assert all(torch.equal(a, b) for (_, a), b in zip(resumed, epochs[2], strict=True))
+    # A checkpoint at the end of epoch 1 resumes at epoch 2: from its first batch.
+    resumed = loader()
+    resumed.load_state_dict(straight.state_dict() | {"epoch": 1})
+    assert all(torch.equal(a, b) for (_, a), b in zip(resumed, epochs[2], strict=True))
+    with pytest.raises(GenmodelsError, match="dataset.seed=5, not 6"):
+        loader(seed=6).load_state_dict(straight.state_dict())
+
+
 def test_loader_gives_each_ddp_rank_its_own_equal_share(monkeypatch):
     import torch.distributed as dist
 
@@ -127,6 +161,25 @@ def test_folder_without_subfolders_is_unlabelled_and_greyscale_works(tmp_path):
     dm.setup()
     images, labels = dm.splits["train"]
     assert images.shape[1:] == (1, 8, 8) and set(labels.tolist()) == {-1}
+
+
+def test_folder_reads_16_bit_pngs_at_their_depth(tmp_path):
+    # A grey ramp over the whole 16-bit range; Pillow alone would clip it to white.
+    ramp = np.linspace(0, 65535, 16 * 16).round().astype(np.uint16).reshape(16, 16)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    with Image.open(tmp_path / "ramp.png") as image:
+        assert image.mode == "I;16"  # really a 16-bit file
+    expected = torch.from_numpy((ramp / 257).round().astype(np.uint8))
+    for channels in (1, 3):
+        dm = ImageFolderDataModule(data_dir=tmp_path, image_size=16, channels=channels,
+                                   val_fraction=0, test_fraction=0)
+        dm.setup()
+        images = dm.splits["train"][0]
+        assert images.shape == (1, channels, 16, 16)
+        assert all(torch.equal(c, expected) for c in images[0])
+    Image.fromarray(np.full((4, 4), -5, dtype=np.int32), mode="I").save(tmp_path / "neg.tif")
+    with pytest.raises(GenmodelsError, match="neg.tif: its grey levels .* 8 or 16 bits"):
+        ImageFolderDataModule(data_dir=tmp_path, image_size=16).setup()
 
 
 def test_folder_errors_name_the_problem(tmp_path):

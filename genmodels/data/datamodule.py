@@ -62,6 +62,11 @@ class TensorBatchLoader:
 
     Under DDP every rank takes its own slice of one shared permutation, as
     `DistributedSampler` would; training slices are equal-sized so the ranks stay in step.
+
+    Resumable: Lightning saves `state_dict()` (which pass over the data, hence which
+    permutation, and how far into it) in every checkpoint and hands it back to
+    `load_state_dict()` on resume, so a run stopped mid-epoch goes on with the very next
+    batch of the same permutation, as the uninterrupted run would.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
@@ -71,6 +76,21 @@ class TensorBatchLoader:
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.epoch_fn = seed, epoch_fn
         self._iterations = 0
+        # The pass in progress: its epoch and the examples (per rank) handed out so far.
+        self._epoch, self._examples_done = 0, 0
+        self._resume_at: dict | None = None  # a state to continue from on the next pass
+
+    def state_dict(self) -> dict:
+        # The epoch with the seed defines the permutation: no need to store its indices.
+        return {"seed": self.seed, "epoch": self._epoch, "examples": self._examples_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("seed") != self.seed:
+            raise GenmodelsError(
+                f"The checkpoint's training data order comes from dataset.seed="
+                f"{state.get('seed')}, not {self.seed}: resume with the run's own seed."
+            )
+        self._resume_at = state  # applies if the next pass is for the same epoch
 
     @staticmethod
     def _rank_and_world() -> tuple[int, int]:
@@ -78,11 +98,10 @@ class TensorBatchLoader:
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
 
-    def _indices(self) -> torch.Tensor:
-        """This rank's example indices for the coming pass over the data."""
+    def _indices(self, epoch: int) -> torch.Tensor:
+        """This rank's example indices for the pass over the data in `epoch`."""
         n = len(self.images)
         if self.shuffle:
-            epoch = self.epoch_fn() if self.epoch_fn else self._iterations
             seed = self.seed + epoch  # the same on every rank
             order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         else:
@@ -105,11 +124,17 @@ class TensorBatchLoader:
         return math.ceil(n / self.batch_size)
 
     def __iter__(self):
-        order = self._indices().to(self.images.device)
-        self._iterations += 1
-        stop = len(self) * self.batch_size
-        for start in range(0, min(stop, len(order)), self.batch_size):
+        # Runs at the first batch, when the trainer's epoch is the one this pass is for.
+        epoch = self.epoch_fn() if self.epoch_fn else self._iterations
+        self._iterations = epoch + 1
+        resume, self._resume_at = self._resume_at, None
+        start = resume["examples"] if resume and resume["epoch"] == epoch else 0
+        order = self._indices(epoch).to(self.images.device)
+        stop = min(len(self) * self.batch_size, len(order))
+        self._epoch, self._examples_done = epoch, start
+        for start in range(start, stop, self.batch_size):
             index = order[start : start + self.batch_size]
+            self._examples_done = min(start + self.batch_size, stop)
             yield self.images[index], self.labels[index]
 
 

@@ -185,11 +185,26 @@ def read_image(path: Path, channels: int) -> torch.Tensor:
     """Decode one image file to a uint8 (C, H, W) tensor with `channels` channels."""
     try:
         with Image.open(path) as image:
+            if image.mode.startswith(("I", "F")):  # 16/32-bit grey levels, e.g. 16-bit PNG
+                image = grey_to_8_bit(image, path)
             array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     except (OSError, UnidentifiedImageError) as error:
         raise GenmodelsError(f"Cannot read image {path}: {error}") from None
     tensor = torch.from_numpy(array.copy())
     return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+
+
+def grey_to_8_bit(image: Image.Image, path: Path) -> Image.Image:
+    """A 16-bit grey image (Pillow modes I;16*, or I holding 0..65535) scaled to 8 bits,
+    0..65535 -> 0..255. Pillow's own convert("L") clips such values at 255 instead, turning
+    nearly every pixel white. (16-bit RGB needs nothing: Pillow reduces it to 8 bits.)"""
+    values = np.asarray(image).astype(np.int64)
+    if image.mode == "F" or values.min() < 0 or values.max() > 65535:
+        raise GenmodelsError(
+            f"Cannot read image {path}: its grey levels (Pillow mode {image.mode}) are not "
+            f"8- or 16-bit integers; save it with 8 or 16 bits per channel."
+        )
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
 
 
 class ImageFolderDataModule(InMemoryImageDataModule):
