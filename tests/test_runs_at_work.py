@@ -65,10 +65,11 @@ class InterruptAt(L.Callback):
 # Two epochs of three batches; interrupted after batches 1, 2 (inside epoch 0) and 5
 # (inside epoch 1), the run resumed from interrupted.ckpt must end with the weights of the
 # uninterrupted run, bit for bit: data order, position in the epoch and all random draws
-# (reparameterization noise, GAN latents, dropout, binarization) continue exactly.
+# (reparameterization noise, GAN latents, dropout, binarization) continue exactly, and so
+# does the GAN's experience replay (its buffer of past fakes is saved in checkpoints).
 @pytest.mark.parametrize("model, extra", [
     ("vae", ["dataset.binarize=dynamic"]),
-    ("dcgan", SMALL_DCGAN),
+    ("dcgan", [*SMALL_DCGAN, "model.replay_capacity=24"]),
 ])
 def test_a_run_resumed_after_sigterm_mid_epoch_ends_with_the_uninterrupted_weights(
         model, extra, tmp_path):

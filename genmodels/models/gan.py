@@ -325,7 +325,13 @@ class GAN(GenerativeModel):
         for norm, momentum in zip(norms, momenta, strict=True):
             norm.momentum = momentum
 
+    def on_load_checkpoint(self, checkpoint) -> None:
+        if self.replay is not None and "replay_buffer" in checkpoint:
+            self.replay.load_state_dict(checkpoint["replay_buffer"])
+
     def on_save_checkpoint(self, checkpoint) -> None:
+        if self.replay is not None:  # past fakes, so that a resumed run replays the same
+            checkpoint["replay_buffer"] = self.replay.state_dict()
         # The EMA generator is saved with the batch-norm statistics it samples with.
         if self.generator_ema is not None and self._ema_statistics_stale:
             self.recompute_ema_statistics()

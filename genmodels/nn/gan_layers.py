@@ -144,7 +144,8 @@ def spectral_normalize(module: nn.Module) -> nn.Module:
 class ReplayBuffer:
     """Experience replay for D (Shrivastava et al., 2017, sec. 2.3): a store of past fakes
     of which a `share` of each discriminator batch is drawn, so D keeps penalising modes G
-    has left. Filled first-in-first-out; lives on the fakes' device, not in checkpoints."""
+    has left. Filled first-in-first-out; lives on the fakes' device. Saved in checkpoints
+    (`state_dict`), so a resumed run draws from the same past fakes as an uninterrupted one."""
 
     def __init__(self, capacity: int, share: float):
         if capacity < 1 or not 0.0 < share < 1.0:
@@ -154,8 +155,21 @@ class ReplayBuffer:
         self.images: torch.Tensor | None = None
         self.filled = self.position = 0
 
+    def state_dict(self) -> dict:
+        images = None if self.images is None else self.images[: self.filled].clone()
+        return {"images": images, "filled": self.filled, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved, self.images = state["images"], None
+        if saved is not None:  # (on the CPU: `mix` moves it to the fakes' device)
+            self.images = saved.new_empty(self.capacity, *saved.shape[1:])
+            self.images[: len(saved)] = saved
+        self.filled, self.position = state["filled"], state["position"]
+
     def mix(self, fake: torch.Tensor) -> torch.Tensor:
         """`fake` with its last `share` replaced by images drawn from the buffer."""
+        if self.images is not None and self.images.device != fake.device:
+            self.images = self.images.to(fake.device)  # restored from a checkpoint on the CPU
         k = round(self.share * len(fake)) if self.filled else 0
         if k == 0:
             return fake
