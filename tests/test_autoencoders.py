@@ -313,3 +313,43 @@ def test_linear_ae_as_configured_is_linear_and_finds_the_pca_subspace(tmp_path):
     pca_error = np.mean((pca.inverse_transform(pca.transform(flat)) - flat) ** 2)
     ae_error = np.mean((reconstructions - flat) ** 2)
     assert ae_error == pytest.approx(pca_error, rel=0.02), (ae_error, pca_error)
+
+
+def test_pretrained_encoder_is_reused_and_beats_training_from_scratch(tmp_path, monkeypatch):
+    """Geron's claim (Hands-On ML ch. 17): with few labels, a classifier on an encoder
+    pretrained as an autoencoder on all images beats the same classifier from scratch.
+    Averaged over seeds (each a different labelled subset and initialisation)."""
+    import genmodels.pretraining as pretraining
+
+    encoders = {}
+    fit = pretraining.fit_classifier
+
+    def recording_fit(cfg, name, encoder, *args, **kwargs):
+        encoders[name] = {k: v.clone() for k, v in encoder.state_dict().items()}
+        return fit(cfg, name, encoder, *args, **kwargs)
+
+    monkeypatch.setattr(pretraining, "fit_classifier", recording_fit)
+    accuracies = {"pretrained": [], "scratch": []}
+    for seed in (0, 1, 2):
+        cfg = compose_config(["experiment=pretrain_classifier", *FAST, "logger=csv",
+                              "dataset.image_size=8", "trainer.max_epochs=20",
+                              "callbacks.image_grids.save_dir=null",
+                              "~callbacks.periodic_checkpoint", "test=false",
+                              "pretrain.num_labelled=50", "pretrain.freeze_encoder=true",
+                              "pretrain.classifier_epochs=300",
+                              "pretrain.classifier.optimizer.lr=0.01",
+                              f"seed={seed}"], tmp_path / f"seed{seed}")
+        metrics = pretrain_classifier(cfg)
+        for name in accuracies:
+            accuracies[name].append(metrics[f"{name}/test/acc"])
+        # The classifier started from the autoencoder's trained encoder, not a fresh one.
+        trained = torch.load(Path(cfg.paths.output_dir) / "autoencoder" / "checkpoints"
+                             / "last.ckpt", map_location="cpu", weights_only=False)
+        trained = {k.removeprefix("encoder."): v for k, v in trained["state_dict"].items()
+                   if k.startswith("encoder.")}
+        assert trained.keys() == encoders["pretrained"].keys()
+        assert all(torch.equal(trained[k], encoders["pretrained"][k]) for k in trained)
+        assert not all(torch.equal(trained[k], encoders["scratch"][k]) for k in trained)
+    # Measured: frozen pretrained 0.85 / 0.81 vs scratch 0.81 / 0.79 (seeds 0, 1).
+    assert np.mean(accuracies["pretrained"]) > np.mean(accuracies["scratch"]) + 0.01, \
+        accuracies
