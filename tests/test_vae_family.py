@@ -4,6 +4,7 @@ behaves as theory says, binarization, and the latent-space tools and callbacks."
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -220,3 +221,69 @@ def test_vae_experiment_presets_compose_and_build(experiment, tmp_path):
     assert model.image_shape == (cfg.dataset.channels, cfg.dataset.image_size,
                                  cfg.dataset.image_size)
     assert all(build(node) for node in cfg.callbacks.values())
+
+
+class RecordTraining(L.Callback):
+    """Keeps what the model trains on: each training batch and the logged loss terms."""
+
+    def __init__(self):
+        self.batches, self.capacities, self.steps = [], [], []
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.batches.append(batch[0].detach().clone())
+        self.steps.append(trainer.global_step)
+        self.capacities.append(module.capacity() if module.kl_capacity is not None else None)
+
+
+def fit_dense_vae(tmp_path, *overrides, epochs=2):
+    """A few epochs of the dense VAE on 8x8 digits, the whole training split per batch."""
+    cfg = compose_config(["model=vae", "dataset.image_size=8", *overrides], tmp_path)
+    datamodule = build(cfg.dataset)
+    datamodule.setup()
+    datamodule.batch_size = len(datamodule.splits["train"][0])
+    model, record = build(cfg.model), RecordTraining()
+    trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[record],
+                        limit_val_batches=0)
+    trainer.fit(model, datamodule=datamodule)
+    return model, datamodule, record
+
+
+@pytest.mark.parametrize("binarize", [None, "static", "dynamic"])
+def test_binarization_reaches_the_batches_the_model_trains_on(binarize, tmp_path):
+    """With one batch per epoch, each epoch trains on the whole (shuffled) training split:
+    static binarization gives the same ones every epoch, dynamic a fresh draw each time."""
+    _, datamodule, record = fit_dense_vae(tmp_path, f"dataset.binarize={binarize or 'null'}",
+                                          epochs=3)
+    assert len(record.batches) == 3
+    binary = [set(b.unique().tolist()) <= {0.0, 1.0} for b in record.batches]
+    ones = [round(b.double().sum().item(), 3) for b in record.batches]
+    if binarize is None:
+        assert not any(binary)  # grey levels
+        assert len(set(ones)) == 1
+    elif binarize == "static":
+        assert all(binary) and len(set(ones)) == 1
+        stored = datamodule.splits["train"][0]
+        assert ones[0] == stored.double().div(255).sum().item()
+    else:
+        assert all(binary) and len(set(ones)) == 3
+        # each draw keeps the grey level's mean: pixel on with probability grey/255
+        grey_mean = datamodule.splits["train"][0].float().div(255).mean().item()
+        assert all(abs(b.mean().item() - grey_mean) < 0.01 for b in record.batches)
+
+
+def test_beta_vae_capacity_grows_to_its_target_and_then_stays(tmp_path):
+    """Burgess et al. (2018), eq. 8: C = kl_capacity * min(1, step / kl_capacity_steps), and
+    the KL term kl_weight * |KL - C| in the loss."""
+    model, _, record = fit_dense_vae(tmp_path, "+model.kl_capacity=25",
+                                     "+model.kl_capacity_steps=4", "model.kl_weight=4",
+                                     epochs=7)
+    assert record.steps == list(range(7))
+    assert record.capacities == pytest.approx([0, 6.25, 12.5, 18.75, 25, 25, 25])
+    batch = (record.batches[-1], None)
+    torch.manual_seed(0)
+    losses = model.losses(batch)
+    assert losses["capacity"].item() == pytest.approx(25)
+    expected = losses["recon"] + 4 * (losses["kl"] - 25).abs()
+    assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
