@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from genmodels.config import task_function
 from genmodels.errors import GenmodelsError
-from genmodels.rundirs import RunDirectory
+from genmodels.rundirs import RunDirectory, with_run_choices
 from genmodels.sweeps import record_failed_job
 
 
@@ -43,4 +43,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    # Continuing a run: Hydra composes that run's config groups (its model, dataset, ...).
+    sys.argv[1:] = with_run_choices(sys.argv[1:])
     main()

@@ -123,3 +123,33 @@ def resume_command(run_dir: Path) -> str:
             words += [o for o in overrides if not o.startswith("resume=")
                       and o.split("=", 1)[0].lstrip("+~") not in choices]
     return " ".join(shlex.quote(word) for word in words)
+
+
+def run_choices(run_dir: Path) -> dict[str, str]:
+    """The config group choices a run was composed with (model=..., dataset=...), from
+    Hydra's record; empty for a run without one."""
+    record = Path(run_dir) / ".hydra" / "hydra.yaml"
+    if not record.is_file():
+        return {}
+    choices = OmegaConf.load(record).hydra.runtime.get("choices") or {}
+    return {group: option for group, option in choices.items()
+            if option is not None and group != "hydra" and not group.startswith("hydra/")}
+
+
+def with_run_choices(args: list[str]) -> list[str]:
+    """Command-line arguments that continue a run (`resume=<dir>`), with that run's own
+    group choices (model=dcgan, dataset=..., ...) added where not given, so that Hydra
+    composes the run's config and the run's own keys take overrides without `+`
+    (`resume=<dcgan run> model.label_smoothing=0.1`). Other arguments: unchanged."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    resume = [a for a in args if a.startswith("resume=")]
+    if not resume:
+        return args
+    try:
+        run_dir = OverridesParser.create().parse_override(resume[-1]).value()
+    except Exception:  # Hydra reports a malformed override itself
+        return args
+    given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a and a[0] != "-"}
+    return [*args, *(f"{group}={option}" for group, option in
+                     run_choices(Path(str(run_dir))).items() if group not in given)]

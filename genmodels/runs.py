@@ -1,7 +1,9 @@
 """Finding and reloading what a training run saved."""
 
+import logging
 from pathlib import Path
 
+import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -9,6 +11,9 @@ from genmodels.callbacks.config_in_checkpoint import ConfigInCheckpoint
 from genmodels.config import build
 from genmodels.errors import GenmodelsError
 from genmodels.models.base import GenerativeModel
+from genmodels.rundirs import run_choices
+
+log = logging.getLogger(__name__)
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -56,12 +61,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     return max(checkpoints, key=lambda path: path.stat().st_mtime)
 
 
-def resumed_config(cfg: DictConfig) -> DictConfig:
-    """The config of the run in `cfg.resume`, to continue it in its own directory.
+def resumed_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, dict]]:
+    """The config of the run in `cfg.resume`, to continue it in its own directory, and the
+    optimizer settings changed on the command line ({"optimizer": {"lr": 1e-4}}), which
+    must be applied to the optimizers restored from the checkpoint (OptimizerOverrides).
 
     Hydra's unresolved record (`.hydra/config.yaml`) is preferred, so that paths follow the
     run directory. Key overrides given with resume (e.g. `trainer.max_epochs=50`) apply on
-    top; changing a config group (`model=dcgan`) would not match the checkpoint.
+    top; those that cannot (another model, seed, ...) stop with a sentence saying why.
     """
     run_dir = Path(cfg.resume)
     saved = next((p for p in (run_dir / ".hydra" / "config.yaml", run_dir / "config.yaml")
@@ -72,16 +79,29 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
             "checkpoints/ as written by train.py)."
         )
     old = OmegaConf.load(saved)
-    for key, value in resume_overrides(old):
+    overrides = resume_overrides(old, run_dir)
+    optimizers = optimizer_overrides(old, overrides)
+    for key, value in overrides:
         OmegaConf.update(old, key, value, force_add=True)
     old.paths.output_dir = cfg.paths.output_dir
     old.resume = str(run_dir)
     old.ckpt_path = str(latest_checkpoint(run_dir))
-    return old
+    return old, optimizers
 
 
-def resume_overrides(old: DictConfig) -> list[tuple[str, object]]:
-    """The command line's `key=value` overrides besides resume=..., under Hydra."""
+# Keys a resumed run takes from its checkpoint or its directory, whatever the command says.
+FIXED_ON_RESUME = {
+    "seed": "the run continues the random state saved in its checkpoint",
+    "ckpt_path": "resume continues from the run's newest checkpoint",
+    "paths": "the run stays in its own directory",
+    "task": "the run continues the job it was started with",
+}
+
+
+def resume_overrides(old: DictConfig, run_dir: Path) -> list[tuple[str, object]]:
+    """The command line's `key=value` overrides besides resume=..., under Hydra. Group
+    choices equal to the run's own are left out (train.py adds them, so that Hydra
+    composes the run's config); other groups, and keys in FIXED_ON_RESUME, are refused."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -89,14 +109,79 @@ def resume_overrides(old: DictConfig) -> list[tuple[str, object]]:
         return []
     task = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
     overrides = OverridesParser.create().parse_overrides(task)
-    groups = [o.input_line for o in overrides if "." not in o.key_or_group
-              and OmegaConf.is_config(old.get(o.key_or_group, {}))]
-    if groups:
-        raise GenmodelsError(
-            f"resume continues a run with its own config, so {', '.join(groups)} cannot change "
-            "it; only keys such as trainer.max_epochs=50 can (or start a new run)."
-        )
-    return [(o.key_or_group, o.value()) for o in overrides]
+    own = run_choices(run_dir)
+    keys = []
+    for override in overrides:
+        key = override.key_or_group
+        if "." not in key and OmegaConf.is_config(old.get(key, {})):  # a config group
+            if own.get(key, object()) == override.value():
+                continue
+            was = f" (the run has {key}={own[key]})" if own.get(key) else ""
+            raise GenmodelsError(
+                f"resume continues a run with its own config, so {override.input_line} "
+                f"cannot change it{was}; only keys such as trainer.max_epochs=50 can (or "
+                "start a new run)."
+            )
+        if key.split(".")[0] in FIXED_ON_RESUME:
+            raise GenmodelsError(f"{override.input_line} cannot apply when resuming: "
+                                 f"{FIXED_ON_RESUME[key.split('.')[0]]}.")
+        keys.append((key, override.value()))
+    return keys
+
+
+def optimizer_overrides(old: DictConfig, overrides: list[tuple[str, object]]
+                        ) -> dict[str, dict[str, object]]:
+    """Overrides of an optimizer's settings (`model.<optimizer node>.<key>`), by node. A
+    restored optimizer keeps its type, and its learning rate when a scheduler sets it."""
+    import hydra.utils
+
+    changed: dict[str, dict[str, object]] = {}
+    for key, value in overrides:
+        parts = key.split(".")
+        node = OmegaConf.select(old, ".".join(parts[:2]), default=None)
+        if len(parts) != 3 or parts[0] != "model" or not is_optimizer_node(node, hydra.utils):
+            continue
+        if parts[2] in ("_target_", "_partial_"):
+            raise GenmodelsError(
+                f"{key}={value} cannot apply when resuming: the optimizer state in the "
+                f"checkpoint is a {node._target_}'s; start a new run to change optimizer.")
+        if parts[2] == "lr" and old.model.get("scheduler") is not None:
+            raise GenmodelsError(
+                f"{key}={value} cannot apply when resuming: the run's learning-rate "
+                "scheduler (model.scheduler) sets the rate; start a new run to change it.")
+        changed.setdefault(parts[1], {})[parts[2]] = value
+    return changed
+
+
+def is_optimizer_node(node, hydra_utils) -> bool:
+    if not OmegaConf.is_dict(node) or "_target_" not in node:
+        return False
+    try:
+        return issubclass(hydra_utils.get_class(node._target_), torch.optim.Optimizer)
+    except Exception:  # not a class, or not importable: not an optimizer
+        return False
+
+
+class OptimizerOverrides(L.Callback):
+    """Applies the optimizer settings given on a resuming command line (e.g.
+    `model.optimizer.lr=1e-4`) to the optimizer states loaded from the checkpoint, which
+    would otherwise bring back the old ones, and says so. The model's `optimizer_nodes`
+    name the config node of each of its optimizers."""
+
+    def __init__(self, overrides: dict[str, dict[str, object]]):
+        self.overrides = overrides
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Lightning restores the optimizers from this dictionary after this hook.
+        states = checkpoint.get("optimizer_states", [])
+        for node, state in zip(pl_module.optimizer_nodes, states):
+            for key, value in self.overrides.get(node, {}).items():
+                before = {group.get(key) for group in state["param_groups"]}
+                for group in state["param_groups"]:
+                    group[key] = tuple(value) if isinstance(value, list) else value
+                if trainer.is_global_zero:
+                    log.info("Resuming with model.%s.%s=%s (the checkpoint's optimizer had "
+                             "%s).", node, key, value, ", ".join(map(str, before)))
 
 
 def check_checkpoint(path: str | Path, model: torch.nn.Module) -> None:

@@ -22,7 +22,8 @@ from genmodels.console import quiet_third_party
 from genmodels.errors import GenmodelsError
 from genmodels.hparams import curated_hparams, log_hparams_session
 from genmodels.rundirs import save_hydra_record
-from genmodels.runs import check_checkpoint, latest_checkpoint, resumed_config
+from genmodels.runs import (OptimizerOverrides, check_checkpoint, latest_checkpoint,
+                            resumed_config)
 from genmodels.speed import configure_backends, optimize_model
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_override_types()
     quiet_third_party()
     command = copy.deepcopy(cfg)  # as composed from the command line, recorded in .hydra/
+    restored_optimizer_settings = {}
     if cfg.get("resume"):
-        cfg = resumed_config(cfg)
+        cfg, restored_optimizer_settings = resumed_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("ckpt_path") is None and requeued_on_slurm(output_dir):
         cfg.ckpt_path = str(latest_checkpoint(output_dir))
@@ -102,7 +104,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    callbacks += [ConfigInCheckpoint(config), RNGStateInCheckpoint()]
+    callbacks += [ConfigInCheckpoint(config), RNGStateInCheckpoint(),
+                  OptimizerOverrides(restored_optimizer_settings)]
     if cfg.trainer.get("enable_model_summary", True):
         callbacks.append(ModelSummary())  # in place of Lightning's (below), which shows FLOPs
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c is not None]

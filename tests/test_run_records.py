@@ -5,20 +5,23 @@ import copy
 import csv
 import importlib.util
 import json
+import re
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict, read_write
 
+from genmodels.errors import GenmodelsError
 from genmodels.rundirs import RunDirectory, claim_directory
 from genmodels.sweeps import write_tables
 
-from .conftest import CONF, FAST, ROOT, run_train
+from .conftest import CONF, FAST, ROOT, compose_config, run_train
 
 
 def run_main(*args: str) -> None:
@@ -155,3 +158,36 @@ def test_sweep_table_has_a_column_per_parameter_units_and_the_best_job(tmp_path)
     write_tables(rows, sweep, "val/loss", None)
     assert "No best job marked: val/loss is in different units" in \
         (sweep / "sweep_summary.md").read_text()
+
+
+def test_resume_applies_learning_rates_and_the_runs_own_keys_and_refuses_the_rest(tmp_path):
+    from genmodels.rundirs import with_run_choices
+    from genmodels.training import train
+
+    run_dir = tmp_path / "dcgan_run"
+    tiny = ["model=dcgan", *FAST, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "test=false", "callbacks.image_grids=null", "logger=csv"]
+    train(compose_config([*tiny, "trainer.max_epochs=1"], run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    first_step = torch.load(last, weights_only=False)["global_step"]
+
+    def resume(*overrides: str):
+        # As train.py composes it: the run's groups (model=dcgan, ...) added.
+        return train(compose_config(with_run_choices([f"resume={run_dir}", *overrides]),
+                                    run_dir))
+
+    for refused, reason in [("seed=3", "seed=3 cannot apply when resuming: the run continues"),
+                            ("model=gan", "model=gan cannot change it (the run has "
+                                            "model=dcgan)"),
+                            ("model.d_optimizer._target_=torch.optim.SGD", "start a new run "
+                                                                           "to change optimizer")]:
+        with pytest.raises(GenmodelsError, match=re.escape(reason)):
+            resume(refused)
+    # The GAN's own key, without `+`, and one network's learning rate.
+    resume("model.label_smoothing=0.1", "model.d_optimizer.lr=1e-4", "trainer.max_epochs=2")
+    checkpoint = torch.load(last, weights_only=False)
+    d_state, g_state = checkpoint["optimizer_states"]  # the GAN's optimizer_nodes order
+    assert d_state["param_groups"][0]["lr"] == 1e-4
+    assert g_state["param_groups"][0]["lr"] == 1e-3  # the configured rate, kept
+    assert checkpoint["global_step"] == 2 * first_step  # it went on: a second epoch
+    assert checkpoint["genmodels_config"]["model"]["label_smoothing"] == 0.1

@@ -87,6 +87,10 @@ class GenerativeModel(L.LightningModule):
             self.log(f"train/{name}_epoch", total / count, on_step=False, on_epoch=True)
         self._epoch_loss_sums = {}
 
+    # The model config's node of each optimizer configure_optimizers returns, in order:
+    # resuming with e.g. model.optimizer.lr=1e-4 changes the restored optimizer it names.
+    optimizer_nodes: tuple[str, ...] = ("optimizer",)
+
     def configure_optimizers(self):
         """The optimizer (and optional LR scheduler) from the config's Hydra partials."""
         if self.optimizer_factory is None:

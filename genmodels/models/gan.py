@@ -421,6 +421,8 @@ class GAN(GenerativeModel):
             logs["ema_d_fake"] = ema_out.float().mean()
         return logs
 
+    optimizer_nodes = ("d_optimizer", "g_optimizer")  # as configure_optimizers returns them
+
     def configure_optimizers(self):
         # Named parameter groups give the learning-rate monitor readable names.
         d_optimizer = self.d_optimizer_factory(
