@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genmodels.config import build
+from genmodels.config import build, check_override_types
 from genmodels.console import quiet_third_party
 from genmodels.errors import GenmodelsError
 from genmodels.generate import checkpoint_of, from_uint8, sample_images, sampling_options
@@ -31,12 +31,19 @@ from genmodels.runs import load_model, read_checkpoint
 
 log = logging.getLogger(__name__)
 
+# Every sample is kept in memory (KID and the class histogram need them all): beyond this
+# the memory would grow for nothing, FID papers use 10,000 to 50,000.
+MAX_SAMPLES = 100_000
+# From this many samples on, the sampling shows a progress bar.
+PROGRESS_FROM = 5_000
+
 
 @torch.no_grad()
 def measure(model, classifier, real: torch.Tensor, real_labels: torch.Tensor | None,
             num_samples: int, seed: int = 0, temperature: float = 1.0,
-            ema: bool | None = None) -> dict[str, float]:
-    """Sample-based metrics of `model` against uint8 real images (and their labels)."""
+            ema: bool | None = None, progress: bool = False) -> dict[str, float]:
+    """Sample-based metrics of `model` against uint8 real images (and their labels);
+    `progress`: a progress bar while sampling."""
     was_training = model.training
     model.eval()
     num_classes = getattr(model, "num_classes", 0)
@@ -44,7 +51,7 @@ def measure(model, classifier, real: torch.Tensor, real_labels: torch.Tensor | N
     # Conditional models: every class equally often, so the class accuracy covers all.
     labels = list(range(num_classes)) if conditional else None
     fake = sample_images(model, num_samples, seed=seed, labels=labels,
-                         temperature=temperature, ema=ema)
+                         temperature=temperature, ema=ema, progress=progress)
     fake = fake.to(real.device)
     metrics = classifier_metrics(classifier, real, fake, real_labels, seed=seed)
     if real_labels is not None:
@@ -95,6 +102,12 @@ def evaluate(cfg: DictConfig) -> dict:
     """Evaluate the run's checkpoint; write <run>/evaluation/<checkpoint>_<split>.json and
     log the metrics to <run>/tensorboard/evaluation. Returns the JSON's content."""
     quiet_third_party()
+    check_override_types()  # `num_samples=many`: one sentence, not a TypeError
+    if not 2 <= cfg.num_samples <= MAX_SAMPLES:
+        raise GenmodelsError(
+            f"num_samples must be between 2 and {MAX_SAMPLES:,} (all samples are kept in "
+            f"memory), got {cfg.num_samples:,}."
+        )
     checkpoint_path = checkpoint_of(cfg)
     run_dir = (checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints"
                else checkpoint_path.parent)
@@ -104,8 +117,6 @@ def evaluate(cfg: DictConfig) -> dict:
     if json_path.exists() and not cfg.overwrite:
         raise GenmodelsError(f"{json_path} already exists; refusing to overwrite it. Pass "
                              "overwrite=true, or out=<another .json path>.")
-    if cfg.num_samples < 2:
-        raise GenmodelsError(f"num_samples must be at least 2, got {cfg.num_samples}.")
     if cfg.inception_weights:
         check_inception_available(cfg.inception_weights)  # fail before the long part
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available()
@@ -123,16 +134,19 @@ def evaluate(cfg: DictConfig) -> dict:
     labels = labels if (labels >= 0).all() else None
     classifier = classifier_for(datamodule, cfg.classifier_cache, epochs=cfg.classifier_epochs)
     classifier = classifier.to(device)
+    long = cfg.num_samples >= PROGRESS_FROM
+    if long:
+        log.info("Sampling %d images, then measuring them...", cfg.num_samples)
     metrics = measure(model, classifier, real, labels, cfg.num_samples, seed=cfg.seed,
-                      temperature=cfg.temperature, ema=cfg.ema)
+                      temperature=cfg.temperature, ema=cfg.ema, progress=long)
     if hasattr(model, "posterior") and cfg.nll_samples > 0:
         nll = vae_nll(model, real, k=cfg.nll_samples, batch_size=cfg.batch_size,
                       seed=cfg.seed)
         if nll is not None:
             metrics["nll_importance_sampled"] = nll
     if cfg.inception_weights:
-        fake = sample_images(model, cfg.num_samples, seed=cfg.seed,
-                             temperature=cfg.temperature, ema=cfg.ema).to(device)
+        fake = sample_images(model, cfg.num_samples, seed=cfg.seed, temperature=cfg.temperature,
+                             ema=cfg.ema, progress=long).to(device)
         metrics |= inception_metrics(cfg.inception_weights, real, fake, seed=cfg.seed)
     else:
         log.info("Inception FID/KID/IS skipped: they need the FID Inception weights, which "

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig
 from torchvision.utils import make_grid, save_image
+from tqdm import tqdm
 
 from genmodels import latent
 from genmodels.callbacks.image_grids import interleave_rows
-from genmodels.config import build
+from genmodels.config import build, check_override_types
 from genmodels.data.datamodule import prepare_images
 from genmodels.data.datasets import IMAGE_SUFFIXES, read_image
 from genmodels.errors import GenmodelsError
@@ -75,13 +76,14 @@ def sampling_options(model, labels=None, temperature: float = 1.0,
 @torch.no_grad()
 def sample_images(model, n: int, seed: int = 0, labels=None, temperature: float = 1.0,
                   ema: bool | None = None, truncation: float | None = None,
-                  batch_size: int = 1000) -> torch.Tensor:
+                  batch_size: int = 1000, progress: bool = False) -> torch.Tensor:
     """n samples as uint8 (N, C, H, W) CPU images, reproducible from `seed`.
 
     labels: class of each sample for conditional models (a shorter list is repeated).
     ema: for GANs, passed to `sample`: None uses the generator's EMA copy when there is
     one, True insists on it, False takes the live generator.
     truncation: StyleGAN's truncation psi (None: none).
+    progress: show a progress bar (on stderr) over the batches.
     """
     options = sampling_options(model, labels, temperature, ema, truncation)
     if labels is not None:
@@ -89,7 +91,8 @@ def sample_images(model, n: int, seed: int = 0, labels=None, temperature: float 
         labels = labels.repeat(-(-n // len(labels)))[:n].to(model.device)
     generator = torch.Generator().manual_seed(seed)
     chunks = []
-    for start in range(0, n, batch_size):
+    for start in tqdm(range(0, n, batch_size), desc="Sampling", unit="batch",
+                      disable=not progress, leave=False):
         size = min(batch_size, n - start)
         if labels is not None:
             options["labels"] = labels[start : start + size]
@@ -335,6 +338,7 @@ def output_paths(cfg: DictConfig, checkpoint: Path) -> tuple[Path, Path]:
 
 def generate(cfg: DictConfig) -> tuple[Path, Path]:
     """Run `cfg.task` on the trained model; returns the PNG and .npz paths written."""
+    check_override_types()  # `num=abc`: one sentence, not a TypeError deep inside
     if cfg.task not in TASKS:
         raise GenmodelsError(f"Unknown task={cfg.task!r}; valid choices: {sorted(TASKS)}.")
     if cfg.num < 1:

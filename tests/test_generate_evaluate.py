@@ -11,6 +11,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 from torch import nn
 
 from genmodels import latent
@@ -214,13 +216,16 @@ def test_labels_reach_conditional_models_and_ema_passes_through():
         sample_images(model, 2, ema=True)
 
 
-def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache):
+def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache, monkeypatch,
+                                                     capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     cfg = tool_config("evaluate", f"run={vae_run}", "num_samples=300",
                       f"classifier_cache={classifier_cache}", "classifier_epochs=2",
                       "nll_samples=4")
+    monkeypatch.setattr("genmodels.evaluate.PROGRESS_FROM", 300)  # long from 300 on here
     result = evaluate(cfg)
+    assert "Sampling" in capsys.readouterr().err  # the progress bar of a long evaluation
     path = vae_run / "evaluation" / "last_test.json"
     assert json.loads(path.read_text()) == result
     metrics = result["metrics"]
@@ -249,6 +254,45 @@ def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache)
     assert "eval/fd_classifier" in table["evaluation/last_test"]["metrics"]
     with pytest.raises(GenmodelsError, match="refusing to overwrite"):
         evaluate(cfg)
+
+
+def tool_config_from_command_line(name: str, *overrides: str):
+    """The config of `python <name>.py overrides...`, with Hydra's record of the command
+    line set as under `@hydra.main` (what `check_override_types` reads)."""
+    GlobalHydra.instance().clear()
+    initialize_config_dir(config_dir=str(CONF), version_base="1.3")
+    cfg = compose(name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg.hydra
+    return cfg
+
+
+@pytest.mark.parametrize("tool, overrides, message", [
+    ("generate", ["num=abc"], "num=abc has the wrong type: num takes an integer"),
+    ("evaluate", ["num_samples=abc"], "num_samples takes an integer"),
+    # Each sample is kept in memory: a huge count is refused before anything is loaded.
+    ("evaluate", ["num_samples=100000000"],
+     "num_samples must be between 2 and 100,000 .*got 100,000,000"),
+    ("evaluate", ["num_samples=1"], "num_samples must be between 2 and 100,000"),
+])
+def test_generate_and_evaluate_refuse_bad_counts_in_one_sentence(tool, overrides, message,
+                                                                  tmp_path):
+    cfg = tool_config_from_command_line(tool, f"run={tmp_path / 'no_run'}", *overrides)
+    job = generate if tool == "generate" else evaluate
+    try:
+        with pytest.raises(GenmodelsError, match=message):
+            job(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_sampling_shows_a_progress_bar_when_asked(capsys):
+    sample_images(ConditionalStub(), 6, labels=[1], batch_size=2)
+    assert "Sampling" not in capsys.readouterr().err
+    sample_images(ConditionalStub(), 6, labels=[1], batch_size=2, progress=True)
+    bar = capsys.readouterr().err
+    assert "Sampling" in bar and "/3" in bar  # three batches of two
 
 
 class Collapsed(GenerativeModel):
