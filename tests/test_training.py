@@ -169,6 +169,13 @@ def test_train_py_runs_end_to_end_and_says_where_outputs_went(tmp_path):
     (run_dir,) = (tmp_path / "logs" / "runs").iterdir()
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "config.yaml").exists()
+    # A quiet console: no library noise (tests/test_console.py), and the summary comes last.
+    for noise in ("LeafSpec", "litlogger", "litmodels", "Tip:", "FLOPs", "Total Flops"):
+        assert noise not in output, (noise, output[-3000:])
+    assert "Trainable params" in output  # the model summary itself stays
+    assert output.count("GPU available") == 1  # Lightning's lines once, not twice
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert "View with:" in lines[-1] and "Final metrics:" in lines[-5], lines[-6:]
 
 
 def test_multirun_trains_each_job_in_its_own_directory(tmp_path):
