@@ -67,6 +67,9 @@ def test_every_family_stops_on_nan_and_keeps_its_last_good_checkpoint(overrides,
     assert message.startswith(f"Training diverged: {what}"), message
     assert f"became NaN or infinite between {step} 2 and {step} 4" in message, message
     assert f"the last good checkpoint is {folder / 'last.ckpt'}" in message, message
+    # Lightning's interrupt handling ran cleanly (InterruptedCheckpoint did not try to save
+    # the NaN weights, which the model would have refused with a second error).
+    assert error.value.__context__ is None
     # The epoch-0 checkpoint is still there, finite; no NaN weights were saved anywhere.
     assert [p.name for p in folder.iterdir()] == ["last.ckpt"]
     saved = torch.load(folder / "last.ckpt", weights_only=False)
@@ -210,6 +213,8 @@ class CountHostReads(L.Callback):
         for name in HOST_READS:
             monkeypatch.setattr(torch.Tensor, name, self.wrap(getattr(torch.Tensor, name), name))
         monkeypatch.setattr(torch, "tensor", self.wrap(torch.tensor, "torch.tensor"))
+        get_scale = torch.amp.GradScaler.get_scale  # reads the scale back from the device
+        monkeypatch.setattr(torch.amp.GradScaler, "get_scale", self.wrap(get_scale, "get_scale"))
 
     def wrap(self, function, name):
         def counted(*args, **kwargs):
