@@ -323,6 +323,7 @@ class GAN(GenerativeModel):
             self.recompute_ema_statistics()
             for name, buffer in self.generator_ema.named_buffers():
                 checkpoint["state_dict"][f"generator_ema.{name}"] = buffer.detach().clone()
+        super().on_save_checkpoint(checkpoint)  # refuses non-finite weights
 
     def grow(self, images_seen: int) -> None:
         """Progressive growing: set the stage and fade-in of G (and its EMA) and D."""
