@@ -4,3 +4,11 @@ class GenmodelsError(Exception):
     `train.py` prints its message alone, without a traceback, so the message must say
     what was wrong, with the bad value, and what to do instead.
     """
+
+
+class TrainingDiverged(GenmodelsError):
+    """Training met a NaN or infinite loss, gradient or weight (GenerativeModel.check_finite).
+
+    `train.py` prints it like any GenmodelsError and exits non-zero; `genmodels.training`
+    records the run as `diverged` in its summary.json first.
+    """

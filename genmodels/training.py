@@ -19,7 +19,7 @@ from genmodels.callbacks import ConfigInCheckpoint, ModelSummary, RNGStateInChec
 from genmodels.callbacks.interrupted_checkpoint import exit_after_signal
 from genmodels.config import build, check_override_types
 from genmodels.console import quiet_third_party
-from genmodels.errors import GenmodelsError
+from genmodels.errors import GenmodelsError, TrainingDiverged
 from genmodels.hparams import curated_hparams, log_hparams_session
 from genmodels.rundirs import save_hydra_record
 from genmodels.runs import (OptimizerOverrides, check_checkpoint, latest_checkpoint,
@@ -121,6 +121,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except TrainingDiverged:
+        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+        save_summary(metrics, cfg, trainer, output_dir, status="diverged")
+        raise
     except SystemExit as stop:  # SIGTERM or Ctrl-C, after saving interrupted.ckpt
         raise exit_after_signal(stop, trainer, output_dir) from None
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -174,11 +178,13 @@ def save_config(config: dict, output_dir: Path, command: DictConfig) -> None:
 
 @rank_zero_only
 def save_summary(metrics: dict[str, float], cfg: DictConfig, trainer: L.Trainer,
-                 output_dir: Path) -> None:
-    """`summary.json`: the final metrics of the run, read by the sweep summary table."""
+                 output_dir: Path, status: str = "ok") -> None:
+    """`summary.json`: the status (ok or diverged) and final metrics of the run, read by
+    the sweep summary table."""
     final = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())
              if k.startswith(("val/", "test/", "train/")) and not k.endswith("_step")}
-    summary = {"epochs": trainer.current_epoch, "global_step": trainer.global_step,
+    summary = {"status": status, "epochs": trainer.current_epoch,
+               "global_step": trainer.global_step,
                "optimized_metric": cfg.get("optimized_metric"), "metrics": final}
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 

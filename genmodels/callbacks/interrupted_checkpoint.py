@@ -9,6 +9,8 @@ from lightning.pytorch.callbacks import OnExceptionCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from genmodels.errors import TrainingDiverged
+
 log = logging.getLogger(__name__)
 
 
@@ -19,15 +21,18 @@ class InterruptedCheckpoint(OnExceptionCheckpoint):
     Lightning turns SIGTERM into an exception at the next batch boundary and Ctrl-C into
     a graceful shutdown; both call `on_exception`, so the state of the last finished batch
     is saved (atomically, like every Lightning checkpoint) before the process exits.
+
+    Nor is anything saved when training diverged: its weights are not finite (the model's
+    checkpoint guard would refuse them), and the last good checkpoint stays the newest.
     """
 
     def __init__(self, dirpath, filename: str = "interrupted") -> None:
         super().__init__(dirpath, filename)
         self.saved = False
 
-    def on_exception(self, trainer, *args, **kwargs) -> None:
-        if trainer.global_step > 0:
-            super().on_exception(trainer, *args, **kwargs)
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if trainer.global_step > 0 and not isinstance(exception, TrainingDiverged):
+            super().on_exception(trainer, pl_module, exception)
             self.saved = True
 
 

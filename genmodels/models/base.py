@@ -1,11 +1,12 @@
 """What every model offers to callbacks and tools, whatever its family."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import lightning as L
 import torch
 
-from genmodels.errors import GenmodelsError
+from genmodels.errors import GenmodelsError, TrainingDiverged
 
 VALUE_RANGES = ([0.0, 1.0], [-1.0, 1.0])
 
@@ -19,6 +20,11 @@ class GenerativeModel(L.LightningModule):
     """
 
     progress_bar_metrics = ("loss",)
+    # The end of the "Training diverged" message.
+    divergence_advice = "try a lower model.optimizer.lr"
+    # Under 16-mixed precision the GradScaler halves its scale at every step it skips for
+    # NaN or infinite gradients: this floor is 30 skips in a row from its initial 2^16.
+    min_loss_scale = 2.0**-14
 
     def __init__(self, channels: int, image_size: int, value_range: list[float],
                  optimizer: Callable | None = None, scheduler: Callable | None = None):
@@ -31,6 +37,8 @@ class GenerativeModel(L.LightningModule):
         self.value_range = tuple(value_range)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._epoch_loss_sums: dict[str, tuple[torch.Tensor, int]] = {}  # name: (sum, count)
+        self._nonfinite: dict[str, torch.Tensor] = {}  # what: device flag (watch_finite)
+        self._finite_until = "the start"  # where check_finite last found all finite
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -45,6 +53,9 @@ class GenerativeModel(L.LightningModule):
     def training_step(self, batch, batch_idx):
         losses = self.losses(batch)
         self._log_losses(losses, "train", batch_size=len(batch[0]))
+        # A NaN loss gives NaN gradients, and a NaN gradient NaN weights: the loss of the
+        # step after shows it, and check_finite looks at the weights before any checkpoint.
+        self.watch_finite("loss", losses["loss"])
         return losses["loss"]
 
     def validation_step(self, batch, batch_idx):
@@ -74,13 +85,91 @@ class GenerativeModel(L.LightningModule):
         for name, value in losses.items():
             total, count = self._epoch_loss_sums.get(name, (0.0, 0))
             self._epoch_loss_sums[name] = (total + value.detach(), count + 1)
-        # Lightning's own test of whether its loggers write this step (a private attribute:
-        # without it, log every step rather than fail).
-        connector = getattr(self.trainer, "_logger_connector", None)
-        if connector is None or connector.should_update_logs:
+        if self.is_logging_step():
             for name, value in losses.items():
                 self.log(f"train/{name}_step", value, prog_bar=name in self.progress_bar_metrics,
                          on_step=True, on_epoch=False)
+
+    def is_logging_step(self) -> bool:
+        """Whether Lightning's loggers write this training step. Lightning's own test, a
+        private attribute: without it, every step is one rather than fail."""
+        connector = getattr(self.trainer, "_logger_connector", None)
+        return connector is None or connector.should_update_logs
+
+    # ----- divergence: NaN or infinite losses, gradients, weights --------------------------
+
+    def watch_finite(self, what: str, *values: torch.Tensor) -> None:
+        """Record, on the device, whether `values` (a loss, a gradient norm) are all finite.
+
+        Called every training step, so it never reads a value back to the host (that waits
+        for the GPU: a sync per step would slow small models down). `check_finite` reads the
+        record on logging steps, before every checkpoint and at the end of training. Under
+        16-mixed precision a non-finite value is not recorded: it is a step the GradScaler
+        skips (and halves its scale for), normal in mixed precision.
+        """
+        if self.grad_scaler is not None:
+            return
+        bad = torch.stack([value.detach().float() for value in values]).isfinite().logical_not()
+        bad = bad.any()
+        self._nonfinite[what] = bad if what not in self._nonfinite else self._nonfinite[what] | bad
+
+    def check_finite(self, weights: Mapping[str, torch.Tensor] | None = None) -> None:
+        """Raise TrainingDiverged if a value recorded by `watch_finite` was not finite, the
+        16-mixed loss scale collapsed below `min_loss_scale`, or one of `weights` (a state
+        dict) is not finite. Reads device values: a GPU sync, so only on logging steps (whose
+        logging syncs anyway), before checkpoints and at the end of training."""
+        flags = list(self._nonfinite.items())
+        reasons = []
+        if flags:
+            found = torch.stack([flag for _, flag in flags]).tolist()
+            reasons += [f"the {what}" for (what, _), bad in zip(flags, found, strict=True) if bad]
+        if weights is not None:
+            floats = [w for w in weights.values() if torch.is_floating_point(w)]
+            if floats and not torch.stack([w.isfinite().all() for w in floats]).all():
+                reasons.append("the weights")
+        scaler = self.grad_scaler
+        if scaler is not None and (scale := scaler.get_scale()) < self.min_loss_scale:
+            reasons.append(f"the gradients at every step (the 16-mixed loss scale fell to "
+                           f"{scale:.3g}, halved at each skipped step)")
+        # Every DDP process stops, or none (one alone would leave the others waiting).
+        if not self.trainer.strategy.reduce_boolean_decision(bool(reasons), all=False):
+            self._finite_until = self.training_progress()
+            return
+        checkpoint = last_checkpoint(self.trainer)
+        kept = (f"the last good checkpoint is {checkpoint}" if checkpoint is not None
+                else "no checkpoint was saved before")
+        raise TrainingDiverged(
+            f"Training diverged: {' and '.join(reasons) or 'a value on another process'} "
+            f"became NaN or infinite between {self._finite_until} and "
+            f"{self.training_progress()}; nothing from these steps was saved and {kept}; "
+            f"{self.divergence_advice}.")
+
+    def training_progress(self) -> str:
+        """Where training is, for messages."""
+        return f"step {self.global_step}"
+
+    def on_train_start(self) -> None:
+        self._finite_until = self.training_progress()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if self.is_logging_step():
+            self.check_finite()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Raising here stops Lightning before it writes anything: a checkpoint with NaN
+        # weights never replaces a good one.
+        self.check_finite(checkpoint["state_dict"])
+
+    def on_train_end(self) -> None:
+        self.check_finite(self.state_dict())
+
+    @property
+    def grad_scaler(self):
+        """16-mixed precision's GradScaler; None under other precisions or without a
+        Trainer (the benchmark's bare loop computes the same losses without one)."""
+        if self._trainer is None:
+            return None
+        return getattr(self._trainer.precision_plugin, "scaler", None)
 
     def on_train_epoch_end(self) -> None:
         for name, (total, count) in self._epoch_loss_sums.items():
@@ -112,6 +201,16 @@ class GenerativeModel(L.LightningModule):
         if generator is None:
             return torch.randn(*shape, device=self.device)
         return torch.randn(*shape, generator=generator).to(self.device)
+
+
+def last_checkpoint(trainer: L.Trainer) -> Path | None:
+    """The newest checkpoint in the folders the trainer's callbacks save to, or the one
+    training started from."""
+    folders = {Path(c.dirpath) for c in trainer.callbacks if getattr(c, "dirpath", None)}
+    saved = [path for folder in folders for path in folder.glob("*.ckpt")]
+    if trainer.ckpt_path and Path(trainer.ckpt_path).is_file():
+        saved.append(Path(trainer.ckpt_path))
+    return max(saved, key=lambda path: path.stat().st_mtime, default=None)
 
 
 def flat_output_width(module: torch.nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -6,7 +6,6 @@ import copy
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -63,11 +62,12 @@ class GAN(GenerativeModel):
       - `eval_generator_for_d`: D's fakes come from G in eval mode (batch norm with its
         running statistics, which it then does not update), as `generator(noise)` does in
         Geron's Keras loop; G's own steps always run it in training mode.
-    Training stops with a GenmodelsError, before the bad step is taken, when a loss or a
-    gradient norm is not finite.
+    Training stops with TrainingDiverged when a loss or a gradient norm is not finite
+    (checked on logging steps and before checkpoints, see `take_step`).
     """
 
     progress_bar_metrics = ("d_loss", "g_loss")
+    divergence_advice = "try lower learning rates, a gradient penalty or spectral norm"
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, latent_dim: int,
                  g_optimizer: Callable, d_optimizer: Callable, channels: int, image_size: int,
@@ -171,12 +171,10 @@ class GAN(GenerativeModel):
             logs["drift"] = real_out.square().mean()
             logs["d_loss"] = logs["d_loss"] + self.drift_weight * logs["drift"]
         if self.penalty is not None and torch.is_grad_enabled():
-            scaler = self.grad_scaler
             if self.penalty == "gradient_penalty":
-                penalty = gradient_penalty(lambda x: self.discriminate(x, labels), real, fake,
-                                           scaler)
+                penalty = gradient_penalty(lambda x: self.discriminate(x, labels), real, fake)
             else:
-                penalty = r1_penalty(lambda x: self.discriminate(x, labels), real, scaler)
+                penalty = r1_penalty(lambda x: self.discriminate(x, labels), real)
             logs["penalty"] = penalty
             logs["d_loss"] = logs["d_loss"] + self.penalty_weight * penalty
         logs |= {"d_real": real_out.mean(), "d_fake": fake_out.mean(),
@@ -185,42 +183,30 @@ class GAN(GenerativeModel):
         return logs
 
     def take_step(self, optimizer, loss: torch.Tensor, network: str) -> torch.Tensor:
-        """Backward, refuse to step on a non-finite loss or gradient, step; the grad norm."""
+        """Backward and step; the gradient norm (unscaled under 16-mixed precision).
+
+        Nothing is read back from the device (a GPU sync): whether the loss and gradient
+        norm are finite is recorded there (`watch_finite`) and checked on logging steps and
+        before every checkpoint, where a NaN or infinite value stops training and no
+        checkpoint of the weights it made is written. Under 16-mixed precision a non-finite
+        step is skipped by the GradScaler, which then halves its scale: that is normal, and
+        training stops only if the scale collapses (`min_loss_scale`).
+        """
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         params = [p for group in optimizer.param_groups for p in group["params"]
                   if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        scaler = self.grad_scaler
-        if scaler is not None:
-            # 16-mixed: grads are scaled, and inf grads are normal (the scaler skips them).
-            grad_norm = grad_norm / scaler.get_scale()
-            finite = torch.isfinite(loss)
-        else:
-            finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
-        if not finite:
-            self.stop_diverged(network, loss, grad_norm)
+        if (scaler := self.grad_scaler) is not None:
+            # The gradients are scaled; scale(1) is the scale as a tensor on the device,
+            # where get_scale() would read it back.
+            grad_norm = grad_norm / scaler.scale(torch.ones_like(grad_norm))
+        self.watch_finite(f"{network} loss or gradient", loss, grad_norm)
         optimizer.step()
         return grad_norm
 
-    @property
-    def grad_scaler(self):
-        """16-mixed precision's GradScaler; None under other precisions or without a
-        Trainer (the benchmark's bare loop computes the same losses without one)."""
-        if self._trainer is None:
-            return None
-        return getattr(self._trainer.precision_plugin, "scaler", None)
-
-    def stop_diverged(self, network: str, loss: torch.Tensor, grad_norm: torch.Tensor):
-        callback = self.trainer.checkpoint_callback
-        folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
-        saved = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder else []
-        kept = (f"the last good checkpoint is {saved[-1]}" if saved
-                else "no checkpoint was saved yet")
-        raise GenmodelsError(
-            f"Training diverged at generator step {self.generator_steps}: the {network} loss is"
-            f" {loss.item():.4g} and its gradient norm {grad_norm.item():.4g}. The step was not"
-            f" taken and {kept}; try lower learning rates, a gradient penalty or spectral norm.")
+    def training_progress(self) -> str:
+        return f"generator step {self.generator_steps}"
 
     # ----- generator, discriminator, sampling ----------------------------------------------
 
@@ -337,6 +323,7 @@ class GAN(GenerativeModel):
             self.recompute_ema_statistics()
             for name, buffer in self.generator_ema.named_buffers():
                 checkpoint["state_dict"][f"generator_ema.{name}"] = buffer.detach().clone()
+        super().on_save_checkpoint(checkpoint)  # refuses non-finite weights
 
     def grow(self, images_seen: int) -> None:
         """Progressive growing: set the stage and fade-in of G (and its EMA) and D."""

@@ -71,32 +71,32 @@ def check_loss(kind: str, label_smoothing: float = 0.0) -> None:
 PENALTIES = ("gradient_penalty", "r1")
 
 
-def input_gradient(outputs: torch.Tensor, inputs: torch.Tensor, scaler=None) -> torch.Tensor:
-    """d(sum of outputs)/d(inputs), kept in the graph so a penalty on it can be trained.
+def input_gradient(outputs: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """d(sum of outputs)/d(inputs): each image's gradient of its own output, kept in the
+    graph so that a penalty on it can be trained.
 
-    Under 16-mixed precision the outputs are scaled before differentiating (and the
-    gradient unscaled after), as torch.amp's gradient-penalty recipe does, so that fp16
-    gradients neither underflow nor overflow.
+    Not scaled under 16-mixed precision either: the gradient entering D is 1 per output
+    (summed in float32), which no float16 layer of a working D overflows, whatever the
+    GradScaler's scale. (Scaling the outputs by that scale first, as torch.amp's
+    parameter-gradient recipe does, overflows float16 as soon as the scale exceeds its
+    maximum 65504, as the initial 2^16 does: the penalty was NaN at every scale from 2^16.)
+    The penalty is then scaled with the rest of D's loss for D's own backward pass.
     """
-    total = outputs.float().sum()
-    if scaler is not None:
-        (grad,) = torch.autograd.grad(scaler.scale(total), inputs, create_graph=True)
-        return grad / scaler.get_scale()
-    (grad,) = torch.autograd.grad(total, inputs, create_graph=True)
+    (grad,) = torch.autograd.grad(outputs.float().sum(), inputs, create_graph=True)
     return grad
 
 
-def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, scaler=None):
+def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al., 2017, eq. 3): E[(||grad D(x_hat)|| - 1)^2] at random
     points x_hat on lines between real and fake images."""
     t = torch.rand(len(real), *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
     x_hat = torch.lerp(fake.detach().to(real.dtype), real.detach(), t).requires_grad_(True)
-    grad = input_gradient(critic(x_hat), x_hat, scaler)
-    return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+    grad = input_gradient(critic(x_hat), x_hat)
+    return (grad.float().flatten(1).norm(dim=1) - 1).square().mean()
 
 
-def r1_penalty(critic, real: torch.Tensor, scaler=None):
+def r1_penalty(critic, real: torch.Tensor) -> torch.Tensor:
     """R1 (Mescheder et al., 2018, eq. 9) without its gamma/2: E[||grad D(x)||^2] on reals."""
     real = real.detach().requires_grad_(True)
-    grad = input_gradient(critic(real), real, scaler)
-    return grad.flatten(1).square().sum(1).mean()
+    grad = input_gradient(critic(real), real)
+    return grad.float().flatten(1).square().sum(1).mean()

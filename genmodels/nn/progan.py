@@ -97,7 +97,7 @@ class Progressive(nn.Module):
             stage, alpha = self.num_stages - 1, 1.0
         if (stage, alpha) != (self.stage, self.alpha):
             self.stage, self.alpha = stage, float(alpha)
-            self.stage_alpha.copy_(torch.tensor([stage, alpha]))
+            self.stage_alpha[0], self.stage_alpha[1] = stage, alpha  # in place: no host copy
 
     def read_stage(self) -> None:
         self.stage, self.alpha = int(self.stage_alpha[0]), float(self.stage_alpha[1])

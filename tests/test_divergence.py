@@ -1,0 +1,250 @@
+"""Divergence: every family stops on a NaN or infinite loss, gradient or weight, names its
+last good checkpoint and never writes a NaN checkpoint over it; without reading a device
+value back on ordinary steps; and 16-mixed precision's skipped steps are not divergence."""
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins import MixedPrecision
+
+from genmodels.callbacks import InterruptedCheckpoint
+from genmodels.config import build
+from genmodels.errors import TrainingDiverged
+from genmodels.models.base import last_checkpoint
+from genmodels.sweeps import collect_jobs
+from genmodels.training import train
+
+from .conftest import FAST, compose_config
+
+TINY_DCGAN = ["model.generator.widths=[16,8]", "model.discriminator.widths=[8,16]"]
+
+
+class PoisonBatch(L.Callback):
+    """Turns the real images of the batches from `epoch` on into NaNs, as a diverging run
+    would produce."""
+
+    def __init__(self, epoch: int = 0):
+        self.epoch = epoch
+
+    def on_train_batch_start(self, trainer, model, batch, batch_idx):
+        if trainer.current_epoch >= self.epoch:
+            batch[0].fill_(float("nan"))
+
+
+def fit(overrides, tmp_path, callbacks=(), precision="32-true", plugins=(), **trainer_args):
+    cfg = compose_config(["dataset.batch_size=16", *overrides], tmp_path)
+    model = build(cfg.model)
+    trainer = L.Trainer(**{"max_epochs": 3, "limit_train_batches": 2, "limit_val_batches": 0,
+                           "logger": False, "enable_progress_bar": False,
+                           "enable_model_summary": False, "accelerator": "cpu",
+                           "precision": None if plugins else precision, **trainer_args},
+                        callbacks=list(callbacks), plugins=list(plugins))
+    trainer.fit(model, build(cfg.dataset))
+    return model, trainer
+
+
+@pytest.mark.parametrize("overrides", [["model=ae"], ["model=vae"], ["model=gan"]],
+                         ids=["ae", "vae", "gan"])
+def test_every_family_stops_on_nan_and_keeps_its_last_good_checkpoint(overrides, tmp_path):
+    folder = tmp_path / "checkpoints"
+    callbacks = [ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False),
+                 InterruptedCheckpoint(dirpath=folder, filename="interrupted"),
+                 PoisonBatch(epoch=1)]
+    with pytest.raises(TrainingDiverged) as error:
+        fit(overrides, tmp_path, callbacks, log_every_n_steps=50)
+    message = str(error.value)
+    gan = overrides == ["model=gan"]
+    step = "generator step" if gan else "step"
+    what = "the discriminator loss or gradient" if gan else "the loss"
+    assert message.startswith(f"Training diverged: {what}"), message
+    assert f"became NaN or infinite between {step} 2 and {step} 4" in message, message
+    assert f"the last good checkpoint is {folder / 'last.ckpt'}" in message, message
+    # Lightning's interrupt handling ran cleanly (InterruptedCheckpoint did not try to save
+    # the NaN weights, which the model would have refused with a second error).
+    assert error.value.__context__ is None
+    # The epoch-0 checkpoint is still there, finite; no NaN weights were saved anywhere.
+    assert [p.name for p in folder.iterdir()] == ["last.ckpt"]
+    saved = torch.load(folder / "last.ckpt", weights_only=False)
+    assert saved["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+def test_a_gan_diverging_before_any_checkpoint_says_so_and_saves_none(tmp_path):
+    folder = tmp_path / "checkpoints"
+    callbacks = [InterruptedCheckpoint(dirpath=folder, filename="interrupted"), PoisonBatch()]
+    with pytest.raises(TrainingDiverged, match="discriminator loss or gradient and the gener"
+                       ".* between generator step 0 and generator step 1; nothing from these "
+                       "steps was saved and no checkpoint was saved before"):
+        fit(["model=gan"], tmp_path, callbacks, log_every_n_steps=1)
+    assert not folder.exists() or not any(folder.iterdir())
+    # With neither logging steps nor checkpoints, the end of training checks.
+    with pytest.raises(TrainingDiverged, match="between generator step 0 and generator step 6"):
+        fit(["model=gan"], tmp_path, [PoisonBatch()], log_every_n_steps=0,
+            enable_checkpointing=False)
+
+
+def test_the_last_good_checkpoint_is_the_newest_saved_or_the_one_training_started_from(
+        tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "epoch_009.ckpt").write_text("")
+    started_from = tmp_path / "elsewhere.ckpt"
+    started_from.write_text("")
+    os.utime(tmp_path / "run" / "epoch_009.ckpt", (1e9, 1e9))
+    trainer = SimpleNamespace(callbacks=[SimpleNamespace(dirpath=str(tmp_path / "run")),
+                                         SimpleNamespace(dirpath=None)], ckpt_path=None)
+    assert last_checkpoint(trainer) == tmp_path / "run" / "epoch_009.ckpt"
+    trainer.ckpt_path = str(started_from)  # the newest file
+    assert last_checkpoint(trainer) == started_from
+    trainer.callbacks, trainer.ckpt_path = [], None
+    assert last_checkpoint(trainer) is None
+
+
+def test_a_diverging_run_exits_as_diverged_and_a_resume_keeps_the_good_checkpoint(tmp_path):
+    """train() with lr=1e9 stops as `diverged` (train.py then prints the message and exits
+    1); continuing a good run with kl_weight=1e38 leaves its last.ckpt byte for byte."""
+    common = ["model=vae", *FAST, "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
+              "test=false", "callbacks.image_grids=null", "logger=csv"]
+    bad = compose_config([*common, "model.optimizer.lr=1e9", "trainer.max_epochs=2"],
+                         tmp_path / "bad")
+    with pytest.raises(TrainingDiverged, match="the last good checkpoint is|no checkpoint"):
+        train(bad)
+    assert json.loads((tmp_path / "bad" / "summary.json").read_text())["status"] == "diverged"
+    assert not any((tmp_path / "bad" / "checkpoints").glob("*.ckpt"))
+
+    good = compose_config([*common, "trainer.max_epochs=1"], tmp_path / "good")
+    train(good)
+    last = tmp_path / "good" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    resumed = compose_config([*common, "trainer.max_epochs=3", "model.kl_weight=1e38",
+                              f"ckpt_path={last}"], tmp_path / "good")
+    with pytest.raises(TrainingDiverged, match=f"the last good checkpoint is {last}"):
+        train(resumed)
+    assert last.read_bytes() == before
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    assert json.loads((tmp_path / "good" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_the_sweep_table_reads_the_status_a_run_wrote(tmp_path):
+    for number, status in enumerate(["ok", "diverged"]):
+        job = tmp_path / f"{number}_vae_digits"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={number}\n")
+        # A run that stopped on a NaN can have finite final metrics (from earlier epochs).
+        (job / "summary.json").write_text(json.dumps({"status": status,
+                                                      "metrics": {"val/loss": 1.0}}))
+    assert [row["status"] for row in collect_jobs(tmp_path)] == ["ok", "diverged"]
+
+
+# ----- 16-mixed precision ------------------------------------------------------------------
+
+def fp16_on_cpu(scale: float) -> MixedPrecision:
+    """Lightning's 16-mixed precision (float16 autocast and a GradScaler), on the CPU."""
+    return MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=scale))
+
+
+@pytest.mark.parametrize("penalty", ["gradient_penalty", "r1"])
+def test_gradient_penalties_stay_finite_under_float16_at_every_loss_scale(penalty, tmp_path):
+    cfg = compose_config(["model=wgan_gp", f"model.penalty={penalty}", *TINY_DCGAN], tmp_path)
+    gan = build(cfg.model)
+    real = torch.rand(8, 1, 28, 28) * 2 - 1
+    fake = torch.rand(8, 1, 28, 28) * 2 - 1
+
+    def penalty_value():
+        torch.manual_seed(0)  # the same interpolation points for every scale
+        return gan.discriminator_losses(real, None, fake, None)["penalty"]
+
+    expected = penalty_value()  # float32, no Trainer
+    for exponent in range(0, 25, 4):
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**exponent)
+        gan._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler))
+        with torch.autocast("cpu", dtype=torch.float16):
+            value = penalty_value()
+        assert torch.isfinite(value), (exponent, value)
+        assert value.item() == pytest.approx(expected.item(), rel=0.02), exponent
+
+
+def test_16_mixed_skips_overflowing_steps_then_trains_on(tmp_path):
+    """A GradScaler starting at 2^24 overflows float16 gradients: it skips steps, halving
+    its scale, until they fit; then training goes on. WGAN-GP, the penalty included."""
+    plugin = fp16_on_cpu(2.0**24)
+    gan, trainer = fit(["model=wgan_gp", *TINY_DCGAN], tmp_path, plugins=[plugin],
+                       max_epochs=-1, max_steps=6, limit_train_batches=None,
+                       log_every_n_steps=1, enable_checkpointing=False)
+    assert plugin.scaler.get_scale() < 2.0**24, "no step was skipped"
+    assert gan.generator_steps == 6
+    # The last steps were taken: their (unscaled) gradients were finite, which is when the
+    # GradScaler steps; and the penalty is finite.
+    metrics = trainer.callback_metrics
+    assert all(math.isfinite(metrics[f"train/{name}_step"])
+               for name in ("d_loss", "penalty", "g_loss", "d_grad_norm", "g_grad_norm"))
+
+
+def test_16_mixed_stops_only_when_the_loss_scale_collapses(tmp_path):
+    """NaN real images make every D step non-finite: the GradScaler skips each (no error at
+    the first), and training stops once its scale falls below the floor, 2^-14."""
+    with pytest.raises(TrainingDiverged, match=r"the 16-mixed loss scale fell to 3.05e-05"):
+        fit(["model=dcgan", *TINY_DCGAN], tmp_path, [PoisonBatch()], plugins=[fp16_on_cpu(2**-10)],
+            max_epochs=-1, max_steps=20, limit_train_batches=None, log_every_n_steps=1,
+            enable_checkpointing=False)
+
+
+# ----- no host-device sync on ordinary steps -----------------------------------------------
+
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__")
+WATCHED = (str(Path(__file__).parents[1] / "genmodels"), str(Path(L.__file__).parent))
+
+
+class CountHostReads(L.Callback):
+    """Counts, within training batches, the calls made by genmodels or Lightning that read a
+    tensor back to the host (on a GPU, each waits for all queued work) or make a tensor of
+    host data (to copy to a GPU, which waits too). Not torch's own: its optimizers keep their
+    step counts on the host, and the GradScaler reads whether it found inf gradients."""
+
+    def __init__(self, monkeypatch):
+        self.calls, self.counting = [], False
+        for name in HOST_READS:
+            monkeypatch.setattr(torch.Tensor, name, self.wrap(getattr(torch.Tensor, name), name))
+        monkeypatch.setattr(torch, "tensor", self.wrap(torch.tensor, "torch.tensor"))
+        get_scale = torch.amp.GradScaler.get_scale  # reads the scale back from the device
+        monkeypatch.setattr(torch.amp.GradScaler, "get_scale", self.wrap(get_scale, "get_scale"))
+
+    def wrap(self, function, name):
+        def counted(*args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if self.counting and caller.startswith(WATCHED):
+                self.calls.append((name, caller))
+            return function(*args, **kwargs)
+        return counted
+
+    def on_train_batch_start(self, *args):
+        self.counting = True
+
+    def on_train_batch_end(self, *args):
+        self.counting = False
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=vae"],
+    ["model=dcgan", *TINY_DCGAN, "model.penalty=r1", "model.ema_decay=0.9",
+     "model.replay_capacity=32", "model.spectral_norm=true"],
+    ["model=progan", "model.generator.max_width=16", "model.generator.min_width=8",
+     "model.latent_dim=16", "model.growth.fade_images=64", "model.growth.stable_images=16"],
+    ["model=wgan_gp", *TINY_DCGAN, "16-mixed"],
+], ids=["vae", "dcgan_r1_ema_replay", "progan_fading", "wgan_gp_16_mixed"])
+def test_training_steps_read_nothing_back_from_the_device(overrides, tmp_path, monkeypatch):
+    """Steps that are not logging steps (log_every_n_steps=1000 here) never wait for the
+    GPU: divergence is recorded on the device and read on logging steps only."""
+    counter = CountHostReads(monkeypatch)
+    plugins = [fp16_on_cpu(2.0**16)] if "16-mixed" in overrides else []
+    overrides = [o for o in overrides if o != "16-mixed"]
+    fit(overrides, tmp_path, [counter], plugins=plugins, max_epochs=1, limit_train_batches=4,
+        log_every_n_steps=1000, enable_checkpointing=False)
+    assert sorted(set(counter.calls)) == []
