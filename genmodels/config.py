@@ -1,5 +1,6 @@
 """Building objects from Hydra config nodes, with user errors kept readable."""
 
+import math
 from collections.abc import Callable
 
 from hydra.errors import InstantiationException
@@ -33,6 +34,49 @@ def task_function(path: str) -> Callable:
             f"task={path!r} is not an importable function; use genmodels.training.train or "
             "genmodels.pretraining.pretrain_classifier."
         ) from None
+
+
+def check_accelerator(trainer) -> None:
+    """Stop with one sentence when the trainer asks for a CUDA GPU that this machine lacks
+    (`trainer=gpu`, `trainer=ddp`), or for more GPUs than it has, instead of Lightning's
+    traceback."""
+    import torch  # here: `--help` answers without loading PyTorch
+
+    accelerator, devices = trainer.get("accelerator", "auto"), trainer.get("devices", "auto")
+    if accelerator not in ("gpu", "cuda"):
+        return
+    if not torch.cuda.is_available():
+        if accelerator == "gpu" and torch.backends.mps.is_available():
+            return  # Lightning's "gpu" is Apple's MPS there
+        raise GenmodelsError(
+            f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine has none: "
+            "use trainer=cpu, or trainer=ddp_cpu for data parallel training in CPU processes."
+        )
+    available = torch.cuda.device_count()
+    if isinstance(devices, int) and devices > available:
+        raise GenmodelsError(
+            f"trainer.devices={devices} asks for more GPUs than the {available} this machine "
+            f"has: use trainer.devices={available} (or -1 for all of them)."
+        )
+
+
+def check_learning_rates(node, path: str = "model") -> None:
+    """Stop with one sentence on a learning rate that is not a finite number >= 0
+    (`model.optimizer.lr=nan`, `-1`, `inf`), before the model is built; torch.optim would
+    raise deep inside Lightning's setup, or train on NaN."""
+    container = node if isinstance(node, dict | list) else OmegaConf.to_container(
+        node, resolve=True)
+    items = container.items() if isinstance(container, dict) else enumerate(container)
+    for key, value in items:
+        if isinstance(value, dict | list):
+            check_learning_rates(value, f"{path}.{key}")
+        elif key == "lr" and isinstance(container, dict) and "_target_" in container:
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    math.isfinite(value) and value >= 0):
+                raise GenmodelsError(
+                    f"{path}.lr={value} is not a learning rate: give a finite number >= 0 "
+                    "(e.g. 1e-3)."
+                )
 
 
 def check_override_types() -> None:

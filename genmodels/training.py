@@ -17,7 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from genmodels.callbacks import ConfigInCheckpoint, ModelSummary, RNGStateInCheckpoint
 from genmodels.callbacks.interrupted_checkpoint import exit_after_signal
-from genmodels.config import build, check_override_types
+from genmodels.config import (
+    build,
+    check_accelerator,
+    check_learning_rates,
+    check_override_types,
+)
 from genmodels.console import quiet_third_party
 from genmodels.errors import GenmodelsError, TrainingDiverged
 from genmodels.hparams import curated_hparams, log_hparams_session
@@ -92,6 +97,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("ckpt_path") is None and requeued_on_slurm(output_dir):
         cfg.ckpt_path = str(latest_checkpoint(output_dir))
     check_fresh_output_dir(cfg, output_dir)
+    check_accelerator(cfg.trainer)
+    check_learning_rates(cfg.model)
     configure_backends(cfg.get("speed"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 

@@ -1,7 +1,9 @@
 """One LightningDataModule per dataset; each only says how to read its images."""
 
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +35,23 @@ def read_idx(path: str | Path) -> torch.Tensor:
     """Read an IDX file (the MNIST format, optionally gzipped) of unsigned bytes."""
     path = Path(path).expanduser()
     try:
-        data = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
-    except OSError as error:
-        raise GenmodelsError(f"Cannot read IDX file {path}: {error.strerror}.") from None
-    zero, type_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or type_code != 0x08:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as file:
+            data = file.read()
+    except (OSError, EOFError, zlib.error) as error:  # EOFError: a .gz cut short
+        reason = getattr(error, "strerror", None) or error
+        raise GenmodelsError(f"Cannot read IDX file {path}: {reason}.") from None
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise GenmodelsError(f"{path} is not an IDX file of unsigned bytes.")
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    return torch.frombuffer(bytearray(data[4 + 4 * ndim :]), dtype=torch.uint8).view(shape)
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = struct.unpack(f">{ndim}I", data[4:header]) if len(data) >= header else None
+    if shape is None or len(data) - header != math.prod(shape):
+        announced = f"{math.prod(shape):,} values {shape}" if shape else f"a {ndim}-d shape"
+        raise GenmodelsError(
+            f"{path} is truncated or damaged: its header announces {announced} but it "
+            f"holds {max(len(data) - header, 0):,} bytes of data."
+        )
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).view(shape)
 
 
 class IdxDataModule(InMemoryImageDataModule):
@@ -58,8 +69,20 @@ class IdxDataModule(InMemoryImageDataModule):
         if not self.images_file:
             raise GenmodelsError("dataset=idx needs dataset.images=<path to an IDX image file>.")
         images = read_idx(self.images_file)
+        if images.ndim not in (3, 4):  # (N, H, W) or (N, C, H, W)
+            raise GenmodelsError(
+                f"dataset.images={self.images_file} holds data of shape {tuple(images.shape)}, "
+                "not images (count x height x width): is it a labels file (swapped with "
+                "dataset.labels)?"
+            )
         if self.labels_file:
             labels = read_idx(self.labels_file).long()
+            if labels.ndim != 1:
+                raise GenmodelsError(
+                    f"dataset.labels={self.labels_file} holds data of shape "
+                    f"{tuple(labels.shape)}, not one label per image: is it an images file "
+                    "(swapped with dataset.images)?"
+                )
             self.num_classes = int(labels.max()) + 1
         else:
             labels = torch.full((len(images),), -1, dtype=torch.long)

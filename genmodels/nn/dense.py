@@ -15,8 +15,21 @@ from genmodels.nn.layers import (
 )
 
 
+# Far above any dense network of this catalogue (784 -> 150 has 118k weights); a dense
+# layer on large images (dataset.image_size=1000: 10^6 inputs) would exhaust the memory.
+MAX_DENSE_PARAMETERS = 100_000_000
+
+
 def mlp(sizes: list[int], activation: str | None, last_activation: str | None) -> nn.Sequential:
     """Dense layers sizes[0] -> sizes[1] -> ... with `activation` between them."""
+    parameters = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    if parameters > MAX_DENSE_PARAMETERS:  # refused before anything is allocated
+        raise GenmodelsError(
+            f"Dense layers {' -> '.join(map(str, sizes))} would have {parameters:,} "
+            f"parameters ({parameters * 4 / 1e9:.1f} GB, several times that to train), "
+            f"more than the {MAX_DENSE_PARAMETERS:,} allowed: lower dataset.image_size or "
+            "the layer sizes, or use a convolutional model (e.g. model=conv_vae)."
+        )
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         act = activation if i < len(sizes) - 2 else last_activation
