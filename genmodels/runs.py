@@ -17,10 +17,15 @@ log = logging.getLogger(__name__)
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or a run directory's `checkpoints/last.ckpt`."""
+    """A checkpoint file as given, or a run directory's newest checkpoint (`last.ckpt`,
+    or `interrupted.ckpt` when a signal or an error stopped the run after it)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+        if not run_checkpoints(path):
+            raise GenmodelsError(f"No checkpoint in {path / 'checkpoints'}: give a .ckpt "
+                                 "file or the directory of a run that has trained.")
+        path = latest_checkpoint(path)
+        log.info("Checkpoint: %s (the run's newest)", path)
     if not path.is_file():
         raise GenmodelsError(f"No checkpoint at {path}: give a .ckpt file or a run directory.")
     return path
@@ -51,11 +56,17 @@ def load_model(path: str | Path, map_location: str = "cpu") -> GenerativeModel:
     return model.eval()
 
 
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run's checkpoints: `checkpoints/*.ckpt` (last, periodic, interrupted) and
+    Lightning's SLURM `hpc_ckpt_N.ckpt`."""
+    run_dir = Path(run_dir)
+    return [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The newest checkpoint of a run: `last.ckpt`, `interrupted.ckpt` when a signal or an
     error stopped the run after its last epoch, or Lightning's SLURM `hpc_ckpt_N.ckpt`."""
-    run_dir = Path(run_dir)
-    checkpoints = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    checkpoints = run_checkpoints(run_dir)
     if not checkpoints:
         raise GenmodelsError(f"resume={str(run_dir)!r} has no checkpoints/*.ckpt to continue from.")
     return max(checkpoints, key=lambda path: path.stat().st_mtime)

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genmodels.callbacks import ConfigInCheckpoint, ModelSummary, RNGStateInCheckpoint
 from genmodels.callbacks.interrupted_checkpoint import exit_after_signal
+from genmodels.callbacks.optimized_metric import OptimizedMetricCheck
 from genmodels.config import (
     build,
     check_accelerator,
@@ -113,6 +114,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks += [ConfigInCheckpoint(config), RNGStateInCheckpoint(),
                   OptimizerOverrides(restored_optimizer_settings)]
+    if cfg.get("optimized_metric"):  # checked on the sanity pass, before training
+        callbacks.append(OptimizedMetricCheck(cfg.optimized_metric, bool(cfg.get("test"))))
     if cfg.trainer.get("enable_model_summary", True):
         callbacks.append(ModelSummary())  # in place of Lightning's (below), which shows FLOPs
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c is not None]

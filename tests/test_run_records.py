@@ -5,9 +5,11 @@ import copy
 import csv
 import importlib.util
 import json
+import os
 import re
 import signal
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -191,3 +193,16 @@ def test_resume_applies_learning_rates_and_the_runs_own_keys_and_refuses_the_res
     assert g_state["param_groups"][0]["lr"] == 1e-3  # the configured rate, kept
     assert checkpoint["global_step"] == 2 * first_step  # it went on: a second epoch
     assert checkpoint["genmodels_config"]["model"]["label_smoothing"] == 0.1
+
+
+def test_generate_and_evaluate_take_the_newest_checkpoint_interrupted_included(tmp_path):
+    from genmodels.runs import find_checkpoint
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for age, name in [(30, "epoch_010.ckpt"), (20, "last.ckpt"), (10, "interrupted.ckpt")]:
+        (checkpoints / name).write_bytes(b"")
+        os.utime(checkpoints / name, (time.time() - age, time.time() - age))
+    assert find_checkpoint(tmp_path / "run") == checkpoints / "interrupted.ckpt"
+    os.utime(checkpoints / "last.ckpt")  # the resumed run saved again since
+    assert find_checkpoint(tmp_path / "run") == checkpoints / "last.ckpt"

@@ -163,13 +163,16 @@ def test_overrides_of_the_wrong_type_name_the_key_and_what_it_takes(override, me
         assert message in str(error.value)
 
 
-def test_a_missing_optimized_metric_lists_the_logged_ones(make_config):
-    cfg = make_config("model=ae", *TINY, "trainer.max_epochs=1", "optimized_metric=val/elbo")
-    from genmodels.training import optimized_value
-
-    with pytest.raises(GenmodelsError, match="optimized_metric='val/elbo' was not logged; "
-                                             "valid choices: .*val/loss"):
-        optimized_value(cfg, train(cfg))
+def test_a_missing_optimized_metric_lists_the_logged_ones_before_training(make_config):
+    cfg = make_config("model=ae", *TINY, "trainer.max_epochs=1", "optimized_metric=val/los")
+    with pytest.raises(GenmodelsError, match="optimized_metric='val/los' is not logged by this "
+                                             "model; valid choices: .*val/loss"):
+        train(cfg)
+    # Refused on the first validation pass: no training step, no checkpoint.
+    assert not list(Path(cfg.paths.output_dir).glob("checkpoints/*.ckpt"))
+    cfg = make_config("model=ae", *TINY, "optimized_metric=test/loss", run_name="test_loss")
+    with pytest.raises(GenmodelsError, match="test/ metrics need test=true"):
+        train(cfg)
 
 
 def test_slurm_launcher_and_every_search_and_preset_compose(tmp_path):
