@@ -82,14 +82,11 @@ class TensorBatchLoader:
 
     def state_dict(self) -> dict:
         # The epoch with the seed defines the permutation: no need to store its indices.
-        return {"seed": self.seed, "epoch": self._epoch, "examples": self._examples_done}
+        # (`ckpt_path=... seed=N` with another seed continues at the same position in the
+        # order of the new seed, as asked.)
+        return {"epoch": self._epoch, "examples": self._examples_done}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("seed") != self.seed:
-            raise GenmodelsError(
-                f"The checkpoint's training data order comes from dataset.seed="
-                f"{state.get('seed')}, not {self.seed}: resume with the run's own seed."
-            )
         self._resume_at = state  # applies if the next pass is for the same epoch
 
     @staticmethod
