@@ -12,6 +12,7 @@
 - with `inception_weights=<file>`: Inception FID, KID and IS.
 """
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -26,6 +27,7 @@ from genmodels.generate import checkpoint_of, from_uint8, sample_images, samplin
 from genmodels.hparams import curated_hparams, log_hparams_session
 from genmodels.metrics.classifier import accuracy, classifier_for
 from genmodels.metrics.inception import check_inception_available, inception_metrics
+from genmodels.metrics.likelihood import importance_sampled_nll
 from genmodels.metrics.sample_quality import classifier_metrics
 from genmodels.runs import load_model, read_checkpoint
 
@@ -46,8 +48,8 @@ def measure(model, classifier, real: torch.Tensor, real_labels: torch.Tensor | N
     `progress`: a progress bar while sampling."""
     was_training = model.training
     model.eval()
-    num_classes = getattr(model, "num_classes", 0)
-    conditional = "labels" in sampling_options(model) and num_classes
+    num_classes = getattr(model, "num_classes", None) or 0
+    conditional = num_classes > 0 and "labels" in inspect.signature(model.sample).parameters
     # Conditional models: every class equally often, so the class accuracy covers all.
     labels = list(range(num_classes)) if conditional else None
     fake = sample_images(model, num_samples, seed=seed, labels=labels,
@@ -79,20 +81,10 @@ def reconstruction_mse(model, images: torch.Tensor, batch_size: int = 500) -> fl
     return total / images.numel()
 
 
-def vae_nll(model, images: torch.Tensor, k: int, batch_size: int,
-            seed: int = 0) -> float | None:
+def vae_nll(model, images: torch.Tensor, k: int, batch_size: int, seed: int = 0) -> float:
     """The importance-sampled NLL (nats per image) of uint8 `images` (as the datasets hold
     them, already binarized for evaluation if the run binarizes), with `k` samples and
-    `batch_size` decoder passes per forward, reproducible from `seed`; None where
-    `genmodels.metrics.likelihood` is not part of this installation."""
-    try:
-        from genmodels.metrics.likelihood import importance_sampled_nll
-    except ModuleNotFoundError as error:
-        if error.name != "genmodels.metrics.likelihood":
-            raise
-        log.warning("No genmodels.metrics.likelihood module: the VAE's importance-sampled "
-                    "NLL is not measured.")
-        return None
+    `batch_size` decoder passes per forward, reproducible from `seed`."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
     return importance_sampled_nll(model, from_uint8(model, images), k=k,
                                   batch_size=batch_size, generator=generator)
@@ -140,10 +132,8 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics = measure(model, classifier, real, labels, cfg.num_samples, seed=cfg.seed,
                       temperature=cfg.temperature, ema=cfg.ema, progress=long)
     if hasattr(model, "posterior") and cfg.nll_samples > 0:
-        nll = vae_nll(model, real, k=cfg.nll_samples, batch_size=cfg.batch_size,
-                      seed=cfg.seed)
-        if nll is not None:
-            metrics["nll_importance_sampled"] = nll
+        metrics["nll_importance_sampled"] = vae_nll(model, real, k=cfg.nll_samples,
+                                                    batch_size=cfg.batch_size, seed=cfg.seed)
     if cfg.inception_weights:
         fake = sample_images(model, cfg.num_samples, seed=cfg.seed, temperature=cfg.temperature,
                              ema=cfg.ema, progress=long).to(device)

@@ -317,15 +317,200 @@ def test_mode_coverage_of_a_collapsed_generator_is_one_mode(classifier_cache):
     assert collapsed["recall"] < 0.1 and collapsed["coverage"] < 0.1
 
 
-def test_sample_quality_callback_logs_val_metrics_for_sweeps(make_config, classifier_cache):
-    cfg = make_config("model=dcgan", "callbacks=quality", *TINY,
-                      "callbacks.sample_quality.every_n_epochs=1",
-                      "callbacks.sample_quality.num_samples=100",
-                      "callbacks.sample_quality.classifier_epochs=2",
-                      f"callbacks.sample_quality.cache_dir={classifier_cache}",
-                      "optimized_metric=val/fd_classifier")
-    metrics = train(cfg)
-    assert metrics["val/fd_classifier"] > 0 and "val/modes_covered" in metrics
+def test_sample_quality_callback_logs_lower_fd_for_a_trained_model(make_config,
+                                                                     classifier_cache):
+    """The same run twice, once with a zero learning rate: the logged val/fd_classifier
+    of the trained VAE is well below that of the untrained one."""
+    def fd(lr: float, name: str) -> dict[str, float]:
+        cfg = make_config("model=vae", "callbacks=quality", *FAST, "trainer.max_epochs=1",
+                          "trainer.limit_train_batches=20", "trainer.limit_val_batches=1",
+                          "test=false", "callbacks.image_grids.save_dir=null",
+                          "callbacks.sample_quality.every_n_epochs=1",
+                          "callbacks.sample_quality.num_samples=100",
+                          "callbacks.sample_quality.classifier_epochs=2",
+                          f"callbacks.sample_quality.cache_dir={classifier_cache}",
+                          f"model.optimizer.lr={lr}", "optimized_metric=val/fd_classifier",
+                          run_name=name)
+        return train(cfg)
+
+    trained, untrained = fd(3e-3, "trained"), fd(0.0, "untrained")
+    assert "val/modes_covered" in trained
+    assert 0 < trained["val/fd_classifier"] < 0.7 * untrained["val/fd_classifier"], (
+        trained["val/fd_classifier"], untrained["val/fd_classifier"])
+
+
+class Spy:
+    """Stands in for the trainer, strategy and module around the callback on one rank."""
+
+    def __init__(self, rank: int, broadcast_value):
+        self.sanity_checking, self.current_epoch = False, 0
+        self.is_global_zero, self.strategy = rank == 0, self
+        self.broadcast_value, self.broadcast_calls, self.logged = broadcast_value, [], {}
+
+    def broadcast(self, obj, src=0):
+        self.broadcast_calls.append((obj, src))
+        return obj if self.is_global_zero else self.broadcast_value
+
+    def log(self, name, value, **kwargs):
+        self.logged[name] = value
+
+
+def test_sample_quality_is_measured_on_rank_zero_and_shared_with_the_others(monkeypatch):
+    from genmodels.callbacks import SampleQuality
+
+    measured = []
+
+    def measure(self, trainer, pl_module):
+        measured.append(trainer)
+        return {"fd_classifier": 12.5, "precision": 0.75}
+
+    monkeypatch.setattr(SampleQuality, "measure", measure)
+    callback = SampleQuality(every_n_epochs=1)
+    zero, other = Spy(0, None), Spy(1, {"fd_classifier": 12.5, "precision": 0.75})
+    for rank in (zero, other):
+        callback.on_validation_epoch_end(rank, rank)
+    assert measured == [zero]  # rank 1 never samples nor trains a classifier
+    assert zero.broadcast_calls == [({"fd_classifier": 12.5, "precision": 0.75}, 0)]
+    assert other.broadcast_calls == [(None, 0)]  # it joins the broadcast, so nobody hangs
+    assert zero.logged == other.logged == {"val/fd_classifier": 12.5, "val/precision": 0.75}
+    zero.current_epoch = other.current_epoch = 2
+    callback.every_n_epochs = 2  # not a measuring epoch: no rank enters the collective
+    for rank in (zero, other):
+        callback.on_validation_epoch_end(rank, rank)
+    assert len(zero.broadcast_calls) == len(other.broadcast_calls) == 1
+
+
+class ClassPool(GenerativeModel):
+    """A 'conditional generator' that answers each label with real images of a chosen
+    class, `shift` classes away (0: always right)."""
+
+    num_classes = 10
+
+    def __init__(self, pools: list[torch.Tensor], shift: int):
+        super().__init__(1, 28, [0.0, 1.0])
+        self.pools, self.shift = pools, shift
+
+    def sample(self, n, generator=None, labels=None):
+        chosen = [self.pools[(int(c) + self.shift) % 10][i % len(self.pools[0])]
+                  for i, c in enumerate(labels)]
+        return torch.stack(chosen).float() / 255
+
+
+def test_conditional_accuracy_of_right_wrong_and_half_right_generators(classifier_cache):
+    digits = DigitsDataModule(seed=42)
+    digits.setup()
+    classifier = classifier_for(digits, classifier_cache, epochs=2)
+    real, labels = digits.splits["test"]
+    recognised = classifier.predict(real) == labels  # the classifier's own mistakes aside
+    pools = [real[recognised & (labels == c)][:3] for c in range(10)]
+    right = measure(ClassPool(pools, 0), classifier, real, labels, num_samples=100)
+    assert right["conditional_accuracy"] == 1.0
+    wrong = measure(ClassPool(pools, 1), classifier, real, labels, num_samples=100)
+    assert wrong["conditional_accuracy"] == 0.0
+    half = ClassPool(pools, 0)
+    half.pools = [pools[c] if c % 2 == 0 else pools[(c + 1) % 10] for c in range(10)]
+    half_right = measure(half, classifier, real, labels, num_samples=100)
+    assert half_right["conditional_accuracy"] == 0.5
+    assert [half_right[f"conditional_accuracy_class{c}"] for c in range(10)] == [1.0, 0.0] * 5
+
+
+class NoisyReconstruction(GenerativeModel):
+    """Reconstructs each pixel off by +-`error` (in [0, 1] units), in its value range."""
+
+    def __init__(self, error: float, value_range):
+        super().__init__(1, 8, value_range)
+        self.error = error
+
+    def reconstruct(self, x):
+        low, high = self.value_range
+        signs = torch.ones_like(x).flatten()
+        signs[1::2] = -1
+        return x + self.error * (high - low) * signs.view_as(x)
+
+
+def test_reconstruction_mse_is_zero_for_identity_and_the_error_variance_otherwise():
+    from genmodels.evaluate import reconstruction_mse
+
+    # Grey levels 0.1 away from black and white, so that no error is clipped.
+    images = torch.randint(26, 230, (50, 1, 8, 8), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    for value_range in ([0.0, 1.0], [-1.0, 1.0]):
+        assert reconstruction_mse(NoisyReconstruction(0.0, value_range), images) == 0.0
+        mse = reconstruction_mse(NoisyReconstruction(0.1, value_range), images, batch_size=7)
+        assert mse == pytest.approx(0.01, rel=1e-4), value_range
+
+
+@pytest.fixture(scope="module")
+def gan_runs(tmp_path_factory) -> dict[str, Path]:
+    """A conditional GAN and a GAN with an EMA generator, each trained for a few steps."""
+    root = tmp_path_factory.mktemp("gans")
+    runs = {"cgan": root / "cgan", "ema": root / "ema"}
+    small = ["model.generator.network.widths=[16,8]", "model.discriminator.network.widths=[8,16]"]
+    train(compose_config(["model=cgan", *TINY, *small], runs["cgan"]))
+    train(compose_config(["model=dcgan", "model.ema_decay=0.5", *TINY,
+                          "model.generator.widths=[16,8]",
+                          "model.discriminator.widths=[8,16]"], runs["ema"]))
+    return runs
+
+
+def test_generate_draws_the_requested_classes_from_a_trained_cgan(gan_runs, tmp_path):
+    run = gan_runs["cgan"]
+    model = load_model(run)
+    _, npz = generate(tool_config("generate", f"run={run}", "num=6", "labels=[3,5]",
+                                  f"out={tmp_path / 'pairs'}"))
+    arrays = np.load(npz)
+    assert arrays["labels"].tolist() == [3, 5, 3, 5, 3, 5]
+    expected = to_uint8(model, model.sample(6, torch.Generator().manual_seed(0),
+                                            labels=torch.tensor([3, 5, 3, 5, 3, 5])))
+    assert torch.equal(torch.from_numpy(arrays["images"]), expected)
+    _, threes = generate(tool_config("generate", f"run={run}", "num=4", "labels=[3]",
+                                     f"out={tmp_path / 'threes'}"))
+    _, fives = generate(tool_config("generate", f"run={run}", "num=4", "labels=[5]",
+                                    f"out={tmp_path / 'fives'}"))
+    assert not np.array_equal(np.load(threes)["images"], np.load(fives)["images"])
+
+
+def test_evaluate_scores_a_trained_cgan_per_class(gan_runs, classifier_cache):
+    run = gan_runs["cgan"]
+    result = evaluate(tool_config("evaluate", f"run={run}", "num_samples=100",
+                                  f"classifier_cache={classifier_cache}", "classifier_epochs=2"))
+    metrics = result["metrics"]
+    digits = DigitsDataModule(seed=42)
+    digits.setup()
+    classifier = classifier_for(digits, classifier_cache, epochs=2)
+    fake = sample_images(load_model(run), 100, seed=0, labels=list(range(10)))
+    correct = classifier.predict(fake) == torch.arange(100) % 10
+    assert metrics["conditional_accuracy"] == pytest.approx(correct.float().mean().item())
+    for c in (0, 7):
+        assert metrics[f"conditional_accuracy_class{c}"] == pytest.approx(
+            correct[c::10].float().mean().item())
+    assert "reconstruction_mse" not in metrics and "nll_importance_sampled" not in metrics
+
+
+def test_generate_and_evaluate_use_the_ema_generator_unless_told_otherwise(gan_runs, tmp_path,
+                                                                            classifier_cache):
+    run = gan_runs["ema"]
+    model = load_model(run)
+    assert not torch.equal(next(model.generator_ema.parameters()),
+                           next(model.generator.parameters()))
+    images = {}
+    for ema in ("null", "true", "false"):
+        _, npz = generate(tool_config("generate", f"run={run}", "num=8", f"ema={ema}",
+                                      f"out={tmp_path / ema}"))
+        images[ema] = np.load(npz)["images"]
+    assert np.array_equal(images["null"], images["true"])
+    assert not np.array_equal(images["true"], images["false"])
+    live = to_uint8(model, model.generate(8, model.generator, torch.Generator().manual_seed(0))[0])
+    assert np.array_equal(images["false"], live.numpy())
+    scores = {}
+    for ema in ("null", "true", "false"):
+        result = evaluate(tool_config("evaluate", f"run={run}", "num_samples=100", f"ema={ema}",
+                                      f"classifier_cache={classifier_cache}",
+                                      "classifier_epochs=2"))
+        scores[ema] = result["metrics"]["fd_classifier"]
+    assert {p.name for p in (run / "evaluation").iterdir()} == {
+        "last_test.json", "last_test_ema.json", "last_test_live.json"}
+    assert scores["null"] == scores["true"] != scores["false"]
 
 
 def test_command_lines_run_and_report_errors_without_traceback(vae_run, tmp_path,

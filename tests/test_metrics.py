@@ -1,6 +1,7 @@
 """Sample-quality metrics, mode coverage, the feature classifier and Stacked MNIST."""
 
 import gzip
+import math
 import struct
 
 import pytest
@@ -170,3 +171,43 @@ def test_inception_metrics_explain_missing_weights(tmp_path):
             check_inception_available(weights)
     else:
         assert check_inception_available(weights) == weights
+
+
+class PixelDigitClassifier(nn.Module):
+    """A 'digit classifier' that reads the digit off an image's top-left pixel, so the
+    modes of stacked images are known exactly."""
+
+    num_classes, num_features = 10, 4
+
+    def features(self, images):
+        return images[:, :, :2, :2].flatten(1).float()
+
+    def predict(self, images, batch_size=500):
+        return images[:, 0, 0, 0].long() % 10
+
+
+def test_stacked_mnist_kl_to_uniform_modes_is_zero_for_all_modes_and_log_1000_for_one(
+        monkeypatch):
+    from genmodels.metrics import sample_quality
+    from genmodels.metrics.sample_quality import classifier_metrics
+
+    # KID over 1,000 images costs seconds and is tested above; it plays no part here.
+    monkeypatch.setattr(sample_quality, "kernel_distance", lambda *args, **kwargs: (0.0, 0.0))
+    classifier = ChannelwiseClassifier(PixelDigitClassifier())
+    modes = torch.arange(1000)
+    every_mode = torch.randint(0, 256, (1000, 3, 4, 4), generator=torch.Generator()
+                               .manual_seed(0), dtype=torch.uint8)
+    every_mode[:, :, 0, 0] = torch.stack([modes // 100, modes // 10 % 10, modes % 10], 1).byte()
+    assert torch.equal(classifier.predict(every_mode), modes)
+    uniform = classifier_metrics(classifier, every_mode, every_mode)
+    assert uniform["modes_covered"] == 1000 and uniform["num_modes"] == 1000
+    assert uniform["kl_to_uniform_modes"] == pytest.approx(0.0, abs=1e-9)
+    assert "kl_to_real_classes" not in uniform  # Stacked MNIST compares to uniform modes
+    one_mode = every_mode.clone()
+    one_mode[:, :, 0, 0] = torch.tensor([3, 1, 4], dtype=torch.uint8)[:, None].T
+    collapsed = classifier_metrics(classifier, every_mode, one_mode)
+    assert collapsed["modes_covered"] == 1
+    assert collapsed["kl_to_uniform_modes"] == pytest.approx(math.log(1000))
+    half = torch.cat([every_mode[:500], every_mode[:500]])  # modes 0-499, twice each
+    assert classifier_metrics(classifier, every_mode, half)["kl_to_uniform_modes"] == \
+        pytest.approx(math.log(2))

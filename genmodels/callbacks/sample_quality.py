@@ -18,8 +18,11 @@ class SampleQuality(L.Callback):
     `optimized_metric=val/fd_classifier` makes a sweep minimise the Frechet distance.
 
     The classifier is trained (or loaded from `cache_dir`) at the first measurement.
-    Every DDP rank computes the same values from the same seed, so no rank waits on a
-    collective inside the callback.
+    Under DDP only rank zero trains the classifier and measures (the other ranks would
+    repeat the same work from the same seed); it broadcasts the values, so every rank logs
+    the same numbers (a checkpoint or early stopping watching val/fd_classifier works on
+    all of them). Every rank reaches the broadcast at the same epochs, so none waits
+    forever.
     """
 
     def __init__(self, every_n_epochs: int = 5, num_samples: int = 2000,
@@ -30,10 +33,16 @@ class SampleQuality(L.Callback):
         self.classifier = None
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        from genmodels.evaluate import measure  # evaluate imports the callbacks' package
-
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        metrics = self.measure(trainer, pl_module) if trainer.is_global_zero else None
+        metrics = trainer.strategy.broadcast(metrics, src=0)
+        for name, value in metrics.items():
+            pl_module.log(f"val/{name}", value, sync_dist=False)
+
+    def measure(self, trainer, pl_module) -> dict[str, float]:
+        from genmodels.evaluate import measure  # evaluate imports the callbacks' package
+
         datamodule = trainer.datamodule
         if self.classifier is None:
             self.classifier = classifier_for(datamodule, self.cache_dir,
@@ -44,5 +53,4 @@ class SampleQuality(L.Callback):
         with torch.inference_mode(False), torch.no_grad():
             metrics = measure(pl_module, classifier, real, labels, self.num_samples,
                               seed=self.seed)
-        for name, value in metrics.items():
-            pl_module.log(f"val/{name}", float(value), sync_dist=False)
+        return {name: float(value) for name, value in metrics.items()}
