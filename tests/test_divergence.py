@@ -248,3 +248,25 @@ def test_training_steps_read_nothing_back_from_the_device(overrides, tmp_path, m
     fit(overrides, tmp_path, [counter], plugins=plugins, max_epochs=1, limit_train_batches=4,
         log_every_n_steps=1000, enable_checkpointing=False)
     assert sorted(set(counter.calls)) == []
+
+
+def test_16_mixed_logs_the_loss_scale_on_logging_steps(tmp_path):
+    """fp16 autocast with a GradScaler on the CPU: an autoencoder-family model trains
+    through skipped steps (the scale halves) and logs the scale, so skips can be read."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    cfg = compose_config(["model=vae", "dataset.image_size=8"], tmp_path / "run")
+    model, datamodule = build(cfg.model), build(cfg.dataset)
+    trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=CSVLogger(tmp_path),
+                        log_every_n_steps=1, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0,
+                        plugins=[MixedPrecision("16-mixed", "cpu",
+                                                scaler=torch.amp.GradScaler("cpu"))])
+    trainer.fit(model, datamodule=datamodule)
+    rows = list(csv.DictReader(open(next(tmp_path.glob("**/metrics.csv")))))
+    scales = [float(r["train/loss_scale"]) for r in rows if r.get("train/loss_scale")]
+    assert len(scales) == 4 and scales[0] == 2.0**16
+    assert all(math.log2(s).is_integer() and s <= 2.0**16 for s in scales), scales

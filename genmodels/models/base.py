@@ -89,6 +89,12 @@ class GenerativeModel(L.LightningModule):
             for name, value in losses.items():
                 self.log(f"train/{name}_step", value, prog_bar=name in self.progress_bar_metrics,
                          on_step=True, on_epoch=False)
+            if (scaler := self.grad_scaler) is not None:
+                # 16-mixed: the GradScaler halves its scale at each step it skips for
+                # inf/NaN gradients and doubles it after a run of good ones; scale(1) keeps
+                # the value on the device.
+                self.log("train/loss_scale", scaler.scale(torch.ones((), device=self.device)),
+                         on_step=True, on_epoch=False)
 
     def is_logging_step(self) -> bool:
         """Whether Lightning's loggers write this training step. Lightning's own test, a
