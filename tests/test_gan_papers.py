@@ -6,16 +6,18 @@ import math
 from functools import partial
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from genmodels.callbacks.config_in_checkpoint import ConfigInCheckpoint
 from genmodels.config import build
 from genmodels.errors import GenmodelsError
-from genmodels.generate import generate
+from genmodels.generate import generate, to_uint8
 from genmodels.models.gan import GAN
 from genmodels.nn import ConditionalGenerator
 from genmodels.nn.progan import (
@@ -101,6 +103,7 @@ def test_half_batch_shows_d_half_a_batch_of_reals_and_half_of_fakes(half_batch):
 
 
 def test_spectral_norm_bounds_every_layer_of_d_by_one(tmp_path):
+    torch.manual_seed(0)
     gan = build(compose_config(["model=dcgan", "model.spectral_norm=true"], tmp_path).model)
     d = gan.discriminator.train()
     with torch.no_grad():
@@ -340,31 +343,29 @@ def test_mapping_network_learns_at_a_hundredth_of_the_rate():
 
 
 def test_generate_truncates_stylegan_samples_and_refuses_other_gans(tmp_path):
-    cfg = compose_config(["model=stylegan", *TINY_STYLEGAN], tmp_path)
+    torch.manual_seed(0)
+    cfg = OmegaConf.to_container(compose_config(["model=stylegan", *TINY_STYLEGAN], tmp_path),
+                                 resolve=True)
     gan, trainer = fit_tiny(["model=stylegan", *TINY_STYLEGAN], tmp_path, max_steps=2,
-                            callbacks=[ConfigInCheckpoint(build_config(cfg))])
+                            callbacks=[ConfigInCheckpoint(cfg)])
     assert torch.equal(gan.generator_ema.w_avg, gan.generator.w_avg)
     assert gan.generator.w_avg.abs().sum() > 0  # tracked during training
     trainer.save_checkpoint(tmp_path / "stylegan.ckpt")
 
-    def spread(*overrides):
+    def images(*overrides):
         _, npz = generate(tool_config("generate", f"ckpt={tmp_path / 'stylegan.ckpt'}",
                                       "num=16", *overrides))
-        import numpy as np
+        return np.load(npz)["images"]
 
-        return np.load(npz)["images"].astype(float).std(0).mean()
-
-    none, psi_07, psi_0 = spread(), spread("truncation=0.7"), spread("truncation=0.0")
-    assert psi_0 < 0.5 * psi_07 and psi_07 < none
+    none, psi_07, psi_0 = images(), images("truncation=0.7"), images("truncation=0.0")
+    expected = to_uint8(gan, gan.eval().sample(16, torch.Generator().manual_seed(0),
+                                               truncation=0.7))
+    assert np.array_equal(psi_07, expected.numpy()) and not np.array_equal(psi_07, none)
+    spread = [a.astype(float).std(0).mean() for a in (psi_0, psi_07)]  # over the samples
+    assert spread[0] < 0.5 * spread[1]
     assert (tmp_path / "generated" / "samples_stylegan_seed0_n16_trunc0.7.png").exists()
     with pytest.raises(GenmodelsError, match="needs a StyleGAN generator"):
         build(compose_config(["model=dcgan"], tmp_path).model).sample(2, truncation=0.7)
-
-
-def build_config(cfg):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 # ----- the EMA generator, validation ------------------------------------------------------------
