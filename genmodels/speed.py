@@ -39,7 +39,8 @@ def configure_backends(speed: DictConfig | None) -> None:
     threads, reason = choose_cpu_threads(requested, jobs, cpus or 1, busy, omp_threads)
     torch.set_num_threads(threads)
     if rank_zero_only.rank == 0:
-        log.info("PyTorch CPU threads: %d (%s%s).", threads, reason, judged)
+        hint = "" if requested else "; set speed.cpu_threads to change"
+        log.info("PyTorch CPU threads: %d (%s%s%s).", threads, reason, judged, hint)
 
 
 def choose_cpu_threads(requested: int | None, jobs: int, cpus: int, busy: float,
@@ -57,11 +58,11 @@ def choose_cpu_threads(requested: int | None, jobs: int, cpus: int, busy: float,
             raise GenmodelsError(f"speed.cpu_threads must be at least 1 or null, got {requested}.")
         return int(requested), "speed.cpu_threads"
     if jobs > 1:
-        return 1, f"{jobs} jobs run at once; set speed.cpu_threads to change"
+        return 1, f"{jobs} jobs run at once"
     if omp_threads:
-        return max(1, int(omp_threads)), "OMP_NUM_THREADS; set speed.cpu_threads to change"
+        return max(1, int(omp_threads)), f"OMP_NUM_THREADS={omp_threads}"
     idle = max(1, min(cpus, math.floor(cpus - busy + 0.5)))
-    return idle, f"{busy:.1f} of {cpus} cores busy; set speed.cpu_threads to change"
+    return idle, f"{busy:.1f} of {cpus} cores busy"
 
 
 def busy_cores(seconds: float = 0.25) -> tuple[float, str]:

@@ -77,6 +77,7 @@ def test_configure_backends_sets_and_says_the_chosen_count(monkeypatch, caplog):
         with caplog.at_level(logging.INFO, logger="genmodels.speed"):
             configure_backends(cfg.speed)
         assert torch.get_num_threads() == 3
-        assert "PyTorch CPU threads: 3 (1.4 of 4 cores busy" in caplog.text
+        assert ("PyTorch CPU threads: 3 (1.4 of 4 cores busy: load average 1.4, 0.4 just now; "
+                "set speed.cpu_threads to change).") in caplog.text
     finally:
         torch.set_num_threads(before)
