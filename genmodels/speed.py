@@ -49,9 +49,9 @@ def choose_cpu_threads(requested: int | None, jobs: int, cpus: int, busy: float,
     `jobs` run at once on the machine; else the environment's OMP_NUM_THREADS when set;
     else one per core that other work (`busy` cores' worth) leaves idle, at least one.
 
-    On a CPU shared with other work, PyTorch's threads wait on each other: beside another
-    training on two cores, the default VAE ran at 2 to 3 it/s on two threads and at 30 on
-    one (README, "Speed").
+    On a CPU shared with other work, PyTorch's threads wait on each other: on a busy
+    2-core machine, beside another training, the default VAE ran at 0.7 to 3 it/s on two
+    threads and at 22 to 32 on one (README, "Speed").
     """
     if requested:
         if int(requested) < 1:
