@@ -42,7 +42,11 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(f"Error: {error}")
 
 
-if __name__ == "__main__":
+def run() -> None:
     # Continuing a run: Hydra composes that run's config groups (its model, dataset, ...).
     sys.argv[1:] = with_run_choices(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    run()

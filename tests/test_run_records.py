@@ -37,7 +37,7 @@ def run_main(*args: str) -> None:
     argv = sys.argv
     sys.argv = ["train.py", *args]
     try:
-        script.main()
+        script.run()
     finally:
         sys.argv = argv
         GlobalHydra.instance().clear()
@@ -185,8 +185,9 @@ def test_resume_applies_learning_rates_and_the_runs_own_keys_and_refuses_the_res
                                                                            "to change optimizer")]:
         with pytest.raises(GenmodelsError, match=re.escape(reason)):
             resume(refused)
-    # The GAN's own key, without `+`, and one network's learning rate.
-    resume("model.label_smoothing=0.1", "model.d_optimizer.lr=1e-4", "trainer.max_epochs=2")
+    # The GAN's own key, without `+`, and one network's learning rate, through train.py.
+    run_main(f"resume={run_dir}", "model.label_smoothing=0.1", "model.d_optimizer.lr=1e-4",
+             "trainer.max_epochs=2")
     checkpoint = torch.load(last, weights_only=False)
     d_state, g_state = checkpoint["optimizer_states"]  # the GAN's optimizer_nodes order
     assert d_state["param_groups"][0]["lr"] == 1e-4
