@@ -1,6 +1,7 @@
 """Real (tiny) trainings through the whole framework: config -> data -> model -> logs."""
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -203,11 +204,20 @@ def test_multirun_trains_each_job_in_its_own_directory(tmp_path):
 def test_gan_trains_with_ddp_on_two_cpu_processes(tmp_path):
     result = run_train("model=dcgan", "trainer=ddp_cpu", "trainer.max_epochs=1",
                        "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-                       "trainer.enable_progress_bar=false", "test=false", cwd=tmp_path)
+                       "trainer.enable_progress_bar=false", "test=false",
+                       # sample quality: measured by rank zero, shared with rank one
+                       "callbacks=quality", "callbacks.sample_quality.every_n_epochs=1",
+                       "callbacks.sample_quality.num_samples=50",
+                       "callbacks.sample_quality.classifier_epochs=1",
+                       f"callbacks.sample_quality.cache_dir={tmp_path / 'classifiers'}",
+                       cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "runs").iterdir()  # both ranks share one run dir
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert (run_dir / "images" / "samples_epoch0000.png").exists()
+    assert (result.stdout + result.stderr).count("Training the feature classifier") == 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["metrics"]["val/fd_classifier"] > 0
 
 
 def test_missing_dataset_stops_with_a_clear_message(tmp_path):

@@ -5,6 +5,10 @@ The names say which features were used: `fd_classifier` is the Frechet distance 
 FID/KID of published papers (those are `fid_inception`, `kid_inception`, see
 `genmodels.metrics.inception`); values are only comparable between runs measured with
 the same cached classifier.
+
+The measurements are local: under DDP, torchmetrics would otherwise gather every rank's
+images at `compute()`, a collective that hangs when only rank zero measures (the
+sample-quality callback) and double-counts when every rank measures the same images.
 """
 
 import torch
@@ -19,7 +23,7 @@ def frechet_distance(feature: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                      batch_size: int = 500) -> float:
     """Frechet distance between Gaussians fitted to feature(real) and feature(fake)
     (Heusel et al. 2017, eq. 6), by torchmetrics with `feature` as the extractor."""
-    metric = FrechetInceptionDistance(feature=feature).to(real.device)
+    metric = FrechetInceptionDistance(feature=feature, sync_on_compute=False).to(real.device)
     update_in_batches(metric, real, fake, batch_size)
     return metric.compute().item()
 
@@ -30,8 +34,8 @@ def kernel_distance(feature: nn.Module, real: torch.Tensor, fake: torch.Tensor,
     """Kernel (KID) distance, mean and std over random subsets: the unbiased MMD^2 with a
     cubic polynomial kernel (Binkowski et al. 2018), by torchmetrics."""
     subset_size = min(subset_size, len(real), len(fake))
-    metric = KernelInceptionDistance(feature=feature, subsets=subsets,
-                                     subset_size=subset_size).to(real.device)
+    metric = KernelInceptionDistance(feature=feature, subsets=subsets, subset_size=subset_size,
+                                     sync_on_compute=False).to(real.device)
     update_in_batches(metric, real, fake, batch_size)
     with torch.random.fork_rng(devices=[]):  # its subsets come from the global generator
         torch.manual_seed(seed)
