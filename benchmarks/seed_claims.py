@@ -12,7 +12,8 @@ Data: IDX files (the MNIST test set by default, from ../shared beside the reposi
 the first 80% train, the last 20% are the held-out images every number is measured on.
 
     python benchmarks/seed_claims.py --epochs 10
-    python benchmarks/seed_claims.py --images t10k-images-idx3-ubyte.gz --epochs 20 --out claims.json
+    python benchmarks/seed_claims.py --images t10k-images-idx3-ubyte.gz --epochs 20 \
+        --out claims.json
 """
 
 import argparse
@@ -115,8 +116,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as runs:
         for i, name in enumerate(args.only):
             model, train_images, held_out = trained_model(
-                MODELS[name] + args.override, args.images.expanduser().resolve(), args.epochs, args.seed,
-                Path(runs) / f"run{i}")
+                MODELS[name] + args.override, args.images.expanduser().resolve(), args.epochs,
+                args.seed, Path(runs) / f"run{i}")
             results[name] = measure(name, model, train_images, held_out)
             print(name, json.dumps(results[name]), flush=True)
     print(f"\n{args.epochs} epochs on {args.images.name} (first 80% train, last 20% measured)\n")

@@ -202,8 +202,9 @@ class BareAutoencodingStep(BareStep):
 
 class BareGANStep(BareStep):
     """`GAN.training_step` without Lightning: the same phases, options (half_batch,
-    replay, penalties, d_steps/g_steps, EMA, growth, joint_d_batch, eval_generator_for_d) and random draws in the same order,
-    with none of Lightning's hooks, logging, or the module's divergence checks.
+    replay, penalties, d_steps/g_steps, EMA, growth, joint_d_batch, eval_generator_for_d)
+    and random draws in the same order, with none of Lightning's hooks, logging, or the
+    module's divergence checks.
     tests/test_bench.py checks that it ends with the framework's weights, bit for bit."""
 
     def __init__(self, model: GAN, precision):

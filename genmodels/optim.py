@@ -13,7 +13,8 @@ class KerasRMSprop(torch.optim.Optimizer):
     `torch.optim.RMSprop` divides by sqrt(v) + eps instead. With Keras' epsilon of 1e-7 the
     two differ wherever v is below ~1e-6 (gradients below ~1e-3): Keras' step is then at
     most lr * g / sqrt(1e-7), about 3,000 lr g, while PyTorch's stays about lr * sign(g)
-    however small g is (lr * sign(g) / sqrt(1 - rho) on the first step). Geron's Keras recipes (DCGAN, VAE) train with this.
+    however small g is (lr * sign(g) / sqrt(1 - rho) on the first step). Geron's Keras
+    recipes (DCGAN, VAE) train with this.
     """
 
     def __init__(self, params, lr: float = 1e-3, rho: float = 0.9, epsilon: float = 1e-7):

@@ -185,7 +185,7 @@ class OptimizerOverrides(L.Callback):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         # Lightning restores the optimizers from this dictionary after this hook.
         states = checkpoint.get("optimizer_states", [])
-        for node, state in zip(pl_module.optimizer_nodes, states):
+        for node, state in zip(pl_module.optimizer_nodes, states, strict=False):
             for key, value in self.overrides.get(node, {}).items():
                 before = {group.get(key) for group in state["param_groups"]}
                 for group in state["param_groups"]:

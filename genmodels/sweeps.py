@@ -98,7 +98,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
     values = [{override_key(o): o.split("=", 1)[-1] for o in row["overrides"]} for row in rows]
     keys = list(dict.fromkeys(key for job in values for key in job))
     swept = [k for k in keys if len({job.get(k) for job in values}) > 1]
-    for row, job in zip(rows, values):
+    for row, job in zip(rows, values, strict=True):
         row["parameters"] = {key: job.get(key, "") for key in swept}
     return rows
 

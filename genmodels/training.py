@@ -28,8 +28,7 @@ from genmodels.console import quiet_third_party
 from genmodels.errors import GenmodelsError, TrainingDiverged
 from genmodels.hparams import curated_hparams, log_hparams_session
 from genmodels.rundirs import save_hydra_record
-from genmodels.runs import (OptimizerOverrides, check_checkpoint, latest_checkpoint,
-                            resumed_config)
+from genmodels.runs import OptimizerOverrides, check_checkpoint, latest_checkpoint, resumed_config
 from genmodels.speed import configure_backends, optimize_model
 
 log = logging.getLogger(__name__)

@@ -98,7 +98,8 @@ def test_loader_resumes_mid_epoch_from_any_batch_with_the_same_permutation():
         resumed.load_state_dict(interrupted.state_dict())
         rest = [y for _, y in resumed]
         assert len(rest) == len(straight) - stopped_after
-        assert all(torch.equal(a, b) for a, b in zip(rest, epochs[1][stopped_after:]))
+        assert all(torch.equal(a, b) for a, b in zip(rest, epochs[1][stopped_after:],
+                                                         strict=True))
         trainer["epoch"] = 2  # the next epoch is whole again
         assert all(torch.equal(a, b) for (_, a), b in zip(resumed, epochs[2], strict=True))
     # A checkpoint at the end of epoch 1 resumes at epoch 2: from its first batch.

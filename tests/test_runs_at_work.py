@@ -83,7 +83,7 @@ def test_a_run_resumed_after_sigterm_mid_epoch_ends_with_the_uninterrupted_weigh
         with open_dict(cfg):
             cfg.callbacks.killer = {"_target_": f"{__name__}.InterruptAt",
                                     "after_batches": after_batches}
-        with pytest.raises(BaseException):  # SIGTERM stops the run (exit code: runs.py)
+        with pytest.raises(BaseException):  # noqa: B017  SIGTERM stops the run (exit code: runs.py)
             train(cfg)
         assert not (run_dir / "checkpoints" / "last.ckpt").exists() or after_batches > 3
         train(compose_config([f"resume={run_dir}"], run_dir))

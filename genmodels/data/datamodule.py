@@ -129,9 +129,9 @@ class TensorBatchLoader:
         order = self._indices(epoch).to(self.images.device)
         stop = min(len(self) * self.batch_size, len(order))
         self._epoch, self._examples_done = epoch, start
-        for start in range(start, stop, self.batch_size):
-            index = order[start : start + self.batch_size]
-            self._examples_done = min(start + self.batch_size, stop)
+        for first in range(start, stop, self.batch_size):
+            index = order[first : first + self.batch_size]
+            self._examples_done = min(first + self.batch_size, stop)
             yield self.images[index], self.labels[index]
 
 

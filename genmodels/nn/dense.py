@@ -14,7 +14,6 @@ from genmodels.nn.layers import (
     make_activation,
 )
 
-
 # Far above any dense network of this catalogue (784 -> 150 has 118k weights); a dense
 # layer on large images (dataset.image_size=1000: 10^6 inputs) would exhaust the memory.
 MAX_DENSE_PARAMETERS = 100_000_000
@@ -22,7 +21,8 @@ MAX_DENSE_PARAMETERS = 100_000_000
 
 def mlp(sizes: list[int], activation: str | None, last_activation: str | None) -> nn.Sequential:
     """Dense layers sizes[0] -> sizes[1] -> ... with `activation` between them."""
-    parameters = sum(n_in * n_out + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:]))
+    pairs = zip(sizes[:-1], sizes[1:], strict=True)
+    parameters = sum(n_in * n_out + n_out for n_in, n_out in pairs)
     if parameters > MAX_DENSE_PARAMETERS:  # refused before anything is allocated
         raise GenmodelsError(
             f"Dense layers {' -> '.join(map(str, sizes))} would have {parameters:,} "
