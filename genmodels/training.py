@@ -131,15 +131,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     except TrainingDiverged:
-        metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-        save_summary(metrics, cfg, trainer, output_dir, status="diverged")
+        save_summary(callback_metrics(trainer), cfg, trainer, output_dir, status="diverged")
         raise
     except SystemExit as stop:  # SIGTERM or Ctrl-C, after saving interrupted.ckpt
         raise exit_after_signal(stop, trainer, output_dir) from None
-    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics = callback_metrics(trainer)
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, verbose=False)
-        metrics |= {name: float(value) for name, value in trainer.callback_metrics.items()}
+        metrics |= callback_metrics(trainer)
     log_final_metrics(loggers, hparams, metrics, trainer.global_step)
     save_summary(metrics, cfg, trainer, output_dir)
     report(metrics, output_dir, loggers)
@@ -163,6 +162,11 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
                     name, metrics[name])
         return None
     return metrics[name]
+
+
+def callback_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The metrics Lightning holds now (the last logged of each), as plain floats."""
+    return {name: float(value) for name, value in trainer.callback_metrics.items()}
 
 
 @rank_zero_only
