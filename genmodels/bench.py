@@ -23,6 +23,7 @@ VAE) on the same batch size and thread count, in its own process, in the same ro
 import argparse
 import contextlib
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -50,21 +51,24 @@ KERAS_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "keras_book.
 
 
 class StepTimer(L.Callback):
-    """Times `steps` training batches after `warmup` ones, then stops the run."""
+    """Times `steps` training batches of `batch_size` after `warmup` ones, then stops the
+    run. A fused batch (speed.fused_batches) counts as the batches it holds."""
 
-    results: list[float] = []  # seconds per measured window, read by `framework_speed`
+    results: list[float] = []  # images per second of each measured window
 
-    def __init__(self, warmup: int, steps: int):
-        self.warmup, self.steps, self.batches = warmup, steps, 0
+    def __init__(self, warmup: int, steps: int, batch_size: int):
+        self.warmup, self.steps, self.batch_size = warmup, steps, batch_size
+        self.batches, self.start = 0, None
 
-    def on_train_batch_end(self, trainer, *args, **kwargs):
-        self.batches += 1
-        if self.batches == self.warmup:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batches += math.ceil(len(batch[0]) / self.batch_size)
+        if self.start is None and self.batches >= self.warmup:
             synchronize(trainer.strategy.root_device)
-            self.start = time.perf_counter()
-        elif self.batches == self.warmup + self.steps:
+            self.start, self.started_at = time.perf_counter(), self.batches
+        elif self.start is not None and self.batches >= self.warmup + self.steps:
             synchronize(trainer.strategy.root_device)
-            StepTimer.results.append(time.perf_counter() - self.start)
+            images = (self.batches - self.started_at) * self.batch_size
+            StepTimer.results.append(images / (time.perf_counter() - self.start))
             trainer.should_stop = True
 
 
@@ -107,11 +111,11 @@ def unknown_config_message(error: MissingConfigException, overrides: list[str]) 
 def framework_speed(cfg: DictConfig, warmup: int, steps: int) -> float:
     """Training images per second of `train(cfg)`."""
     with open_dict(cfg):
-        cfg.callbacks.bench_timer = {"_target_": f"{__name__}.StepTimer",
-                                     "warmup": warmup, "steps": steps}
+        cfg.callbacks.bench_timer = {"_target_": f"{__name__}.StepTimer", "warmup": warmup,
+                                     "steps": steps, "batch_size": cfg.dataset.batch_size}
     StepTimer.results.clear()
     train(cfg)
-    return steps * cfg.dataset.batch_size / StepTimer.results[-1]
+    return StepTimer.results[-1]
 
 
 def bare_speed(cfg: DictConfig, warmup: int, steps: int) -> float:

@@ -29,7 +29,7 @@ from genmodels.errors import GenmodelsError, TrainingDiverged
 from genmodels.hparams import curated_hparams, log_hparams_session
 from genmodels.rundirs import save_hydra_record
 from genmodels.runs import OptimizerOverrides, check_checkpoint, latest_checkpoint, resumed_config
-from genmodels.speed import configure_backends, optimize_model
+from genmodels.speed import configure_backends, fuse_batches, optimize_model
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                     strategy=choose_strategy(cfg.trainer.get("strategy", "auto"), model),
                     enable_model_summary=False)
+    # After choose_strategy, which gives manually optimized models DDP's search for unused
+    # parameters: every backward pass of a fused model reaches all of them.
+    fuse_batches(cfg.get("speed"), trainer, model, datamodule)
     save_config(config, output_dir, command)
     hparams = curated_hparams(cfg, output_dir)
     for logger in loggers:

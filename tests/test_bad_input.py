@@ -78,3 +78,17 @@ def test_a_dense_model_on_huge_images_is_refused_before_allocating(make_config, 
     with pytest.raises(GenmodelsError, match=r"Dense layers 1000000 -> 150 -> 100 would have "
                                              r"150,015,250 parameters \(0.6 GB"):
         train(make_config("model=vae", *TINY, "dataset.image_size=1000"))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["speed.fused_batches=0"], r"^speed.fused_batches must be an integer >= 1 \(1: off\), got 0"),
+    (["model=dcgan", "speed.fused_batches=4"],
+     r"^speed.fused_batches applies to .* GAN has its own training step"),
+    (["speed.fused_batches=4", "trainer.gradient_clip_val=1.0"],
+     r"trainer.gradient_clip_val=1.0 does not apply: set speed.fused_batches=1 or "),
+    (["speed.fused_batches=4", "+trainer.accumulate_grad_batches=2"],
+     r"trainer.accumulate_grad_batches=2 does not apply"),
+])
+def test_fused_batches_that_cannot_apply_are_refused(overrides, message, make_config):
+    with pytest.raises(GenmodelsError, match=message):
+        train(make_config(*TINY, *overrides))

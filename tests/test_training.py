@@ -251,3 +251,34 @@ def test_gans_get_ddp_with_unused_parameters_however_ddp_is_spelled(spelling, ma
     # Models with one optimizer keep the strategy exactly as configured.
     vae = build(make_config("model=vae").model)
     assert choose_strategy(strategy, vae) is strategy
+
+
+STEP_LR = ["+model.scheduler._target_=torch.optim.lr_scheduler.StepLR",
+           "+model.scheduler._partial_=true", "+model.scheduler.step_size=1",
+           "+model.scheduler.gamma=0.7"]
+
+
+@pytest.mark.parametrize("model, extra", [("vae", STEP_LR), ("denoising_ae", [])])
+def test_fused_batches_train_exactly_as_one_batch_per_step(model, extra, make_config):
+    # 22 batches of 64 per epoch: fused by 4, each epoch ends on a fused batch of 2, and
+    # max_steps=27 stops inside a fused batch. Validation and the sanity pass draw from
+    # the same random stream between epochs; the LR halves (0.7) each epoch.
+    def run(fused: int):
+        cfg = make_config(f"model={model}", *FAST, "trainer.max_steps=27", "test=false",
+                          "dataset.batch_size=64", "logger=csv", "trainer.limit_val_batches=2",
+                          "trainer.log_every_n_steps=4", f"speed.fused_batches={fused}",
+                          *extra, run_name=f"fused{fused}")
+        metrics, output_dir = train(cfg), Path(cfg.paths.output_dir)
+        summary = json.loads((output_dir / "summary.json").read_text())
+        assert summary["global_step"] == 27
+        weights = load_model(output_dir / "checkpoints" / "last.ckpt").state_dict()
+        return weights, metrics, step_values(read_metrics(output_dir), "train/loss_step")
+
+    (one, one_metrics, _), (fused, fused_metrics, fused_logged) = run(1), run(4)
+    for (name, a), b in zip(one.items(), fused.values(), strict=True):
+        assert torch.equal(a, b), name
+    for name in ("train/loss_epoch", "val/loss"):  # the mean of the same 22 steps
+        assert fused_metrics[name] == one_metrics[name]
+    # trainer.log_every_n_steps=4 became every Lightning step: 6 fused batches in the
+    # first epoch (the last of 2 batches), 2 in the second (of 4 batches, then 1).
+    assert len(fused_logged) == 6 + 2

@@ -63,6 +63,11 @@ class TensorBatchLoader:
     Under DDP every rank takes its own slice of one shared permutation, as
     `DistributedSampler` would; training slices are equal-sized so the ranks stay in step.
 
+    `fused` > 1 (speed.fused_batches) hands out `fused` consecutive batches of one pass as
+    one concatenated batch, for models that take one optimizer step per batch inside it
+    (`GenerativeModel.fuse_batches`): the very batches, in the same order, fewer Lightning
+    steps. The last of a pass holds whatever full batches are left.
+
     Resumable: Lightning saves `state_dict()` (which pass over the data, hence which
     permutation, and how far into it) in every checkpoint and hands it back to
     `load_state_dict()` on resume, so a run stopped mid-epoch goes on with the very next
@@ -71,9 +76,10 @@ class TensorBatchLoader:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  shuffle: bool, drop_last: bool, seed: int = 0,
-                 epoch_fn: Callable[[], int] | None = None):
+                 epoch_fn: Callable[[], int] | None = None, fused: int = 1):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.fused = fused
         self.seed, self.epoch_fn = seed, epoch_fn
         self._iterations = 0
         # The pass in progress: its epoch and the examples (per rank) handed out so far.
@@ -114,11 +120,14 @@ class TensorBatchLoader:
             return n // world
         return len(range(rank, n, world))
 
-    def __len__(self) -> int:
+    def num_batches(self) -> int:
         n = self._num_examples()
         if self.drop_last and n >= self.batch_size:
             return n // self.batch_size
         return math.ceil(n / self.batch_size)
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_batches() / self.fused)
 
     def __iter__(self):
         # Runs at the first batch, when the trainer's epoch is the one this pass is for.
@@ -127,11 +136,12 @@ class TensorBatchLoader:
         resume, self._resume_at = self._resume_at, None
         start = resume["examples"] if resume and resume["epoch"] == epoch else 0
         order = self._indices(epoch).to(self.images.device)
-        stop = min(len(self) * self.batch_size, len(order))
+        stop = min(self.num_batches() * self.batch_size, len(order))
         self._epoch, self._examples_done = epoch, start
-        for first in range(start, stop, self.batch_size):
-            index = order[first : first + self.batch_size]
-            self._examples_done = min(first + self.batch_size, stop)
+        size = self.batch_size * self.fused
+        for first in range(start, stop, size):
+            index = order[first : min(first + size, stop)]
+            self._examples_done = min(first + size, stop)
             yield self.images[index], self.labels[index]
 
 
@@ -181,6 +191,8 @@ class InMemoryImageDataModule(L.LightningDataModule):
                                  f"{BINARIZE} (null: keep grey levels).")
         self.binarize = binarize
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Training batches per Lightning step (speed.fused_batches, set by train()).
+        self.fused_batches = 1
 
     def load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Read the dataset: {"train": (images, labels)}, plus "val"/"test" if it has them.
@@ -224,14 +236,15 @@ class InMemoryImageDataModule(L.LightningDataModule):
                        for name, (images, labels) in (("train", train), ("val", val),
                                                       ("test", test))}
 
-    def _loader(self, split: str, shuffle: bool) -> TensorBatchLoader:
+    def _loader(self, split: str, shuffle: bool, fused: int = 1) -> TensorBatchLoader:
         images, labels = self.splits[split]
         epoch_fn = (lambda: self.trainer.current_epoch) if self.trainer else None
         return TensorBatchLoader(images, labels, self.batch_size, shuffle=shuffle,
-                                 drop_last=shuffle, seed=self.seed, epoch_fn=epoch_fn)
+                                 drop_last=shuffle, seed=self.seed, epoch_fn=epoch_fn,
+                                 fused=fused)
 
     def train_dataloader(self) -> TensorBatchLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=True, fused=self.fused_batches)
 
     def val_dataloader(self) -> TensorBatchLoader:
         return self._loader("val", shuffle=False)

@@ -51,12 +51,51 @@ class GenerativeModel(L.LightningModule):
         raise NotImplementedError
 
     def training_step(self, batch, batch_idx):
+        if self.fused_batch_size is not None:
+            return self.fused_training_step(batch)
         losses = self.losses(batch)
-        self._log_losses(losses, "train", batch_size=len(batch[0]))
+        self._log_training_losses(losses)
         # A NaN loss gives NaN gradients, and a NaN gradient NaN weights: the loss of the
         # step after shows it, and check_finite looks at the weights before any checkpoint.
         self.watch_finite("loss", losses["loss"])
         return losses["loss"]
+
+    # ----- speed.fused_batches: several optimizer steps per Lightning step ------------------
+
+    fused_batch_size: int | None = None  # the batch size inside a fused batch; None: off
+
+    def fuse_batches(self, batch_size: int) -> None:
+        """Train on fused batches (speed.fused_batches): each batch Lightning hands to
+        `training_step` is several consecutive batches of `batch_size`, and the model takes
+        one optimizer step on each, in order: the same steps as one batch per Lightning
+        step, with Lightning's per-step work (hooks, closures, progress bar, logging
+        checks: about 1.5 ms on a CPU) paid once per fused batch. Small models, whose own
+        step takes a few milliseconds, gain most. This uses Lightning's manual optimization.
+        """
+        if type(self).training_step is not GenerativeModel.training_step:
+            raise GenmodelsError(
+                f"speed.fused_batches applies to models trained one loss at a time "
+                f"(autoencoders, VAEs); {type(self).__name__} has its own training step: "
+                f"use speed.fused_batches=1.")
+        self.fused_batch_size = batch_size
+        self.automatic_optimization = False
+
+    def fused_training_step(self, batch) -> None:
+        """What Lightning's automatic optimization does for one batch (zero_grad, backward,
+        step; a step-interval LR scheduler), once per batch of the fused batch, stopping at
+        trainer.max_steps exactly."""
+        optimizer, max_steps = self.optimizers(), self.trainer.max_steps
+        parts = zip(*(part.split(self.fused_batch_size) for part in batch), strict=True)
+        for index, part in enumerate(parts):
+            if 0 <= max_steps <= self.global_step:
+                break
+            losses = self.losses(part)
+            self._log_training_losses(losses, log=index == 0)
+            self.watch_finite("loss", losses["loss"])
+            optimizer.zero_grad()
+            self.manual_backward(losses["loss"])
+            optimizer.step()
+            self._step_schedulers("step")
 
     def validation_step(self, batch, batch_idx):
         self._log_losses(self.losses(batch), "val", batch_size=len(batch[0]))
@@ -73,7 +112,7 @@ class GenerativeModel(L.LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=name in self.progress_bar_metrics,
                      on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
 
-    def _log_training_losses(self, losses: dict[str, torch.Tensor]) -> None:
+    def _log_training_losses(self, losses: dict[str, torch.Tensor], log: bool = True) -> None:
         """train/<name>_step every `trainer.log_every_n_steps` batches and train/<name>_epoch
         (the mean over the epoch) at the epoch's end.
 
@@ -85,7 +124,7 @@ class GenerativeModel(L.LightningModule):
         for name, value in losses.items():
             total, count = self._epoch_loss_sums.get(name, (0.0, 0))
             self._epoch_loss_sums[name] = (total + value.detach(), count + 1)
-        if self.is_logging_step():
+        if log and self.is_logging_step():
             for name, value in losses.items():
                 self.log(f"train/{name}_step", value, prog_bar=name in self.progress_bar_metrics,
                          on_step=True, on_epoch=False)
@@ -181,6 +220,15 @@ class GenerativeModel(L.LightningModule):
         for name, (total, count) in self._epoch_loss_sums.items():
             self.log(f"train/{name}_epoch", total / count, on_step=False, on_epoch=True)
         self._epoch_loss_sums = {}
+        if self.fused_batch_size is not None:
+            self._step_schedulers("epoch")
+
+    def _step_schedulers(self, interval: str) -> None:
+        """Under manual optimization Lightning leaves the LR schedulers to the model: step
+        those of `interval` ("step" or "epoch"), as it would."""
+        for config in self.trainer.lr_scheduler_configs:
+            if config.interval == interval:
+                config.scheduler.step()
 
     # The model config's node of each optimizer configure_optimizers returns, in order:
     # resuming with e.g. model.optimizer.lr=1e-4 changes the restored optimizer it names.
