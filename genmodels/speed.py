@@ -130,9 +130,10 @@ def fuse_batches(speed: DictConfig | None, trainer, model, datamodule) -> None:
     once per k batches. Lightning's own gradient clipping and accumulation do not apply
     to such a model (it steps its optimizer itself), so they are refused with it.
 
-    Lightning counts its own steps: trainer.log_every_n_steps is divided by k here, so
-    that losses are still logged about every log_every_n_steps optimizer steps, and the
-    loggers' step axis counts Lightning steps (k optimizer steps each)."""
+    Lightning counts its own steps: trainer.log_every_n_steps, the loggers' step axis and
+    the progress bar count fused batches (k optimizer steps each), so losses are logged
+    every k * log_every_n_steps optimizer steps. That is part of the saving: the
+    logging steps (`self.log` and the loggers) cost more than a small model's step."""
     count = (speed or {}).get("fused_batches", 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise GenmodelsError(f"speed.fused_batches must be an integer >= 1 (1: off), "
@@ -147,5 +148,3 @@ def fuse_batches(speed: DictConfig | None, trainer, model, datamodule) -> None:
                 f"speed.fused_batches=1 or trainer.{key}={off}.")
     model.fuse_batches(datamodule.batch_size)
     datamodule.fused_batches = count
-    if trainer.log_every_n_steps:
-        trainer.log_every_n_steps = max(1, round(trainer.log_every_n_steps / count))

@@ -5,13 +5,20 @@ import math
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from genmodels.callbacks.image_grids import interleave_rows
 from genmodels.config import build
 from genmodels.errors import GenmodelsError
 from genmodels.nn import DCGANDiscriminator, DCGANGenerator, DenseDecoder, DenseEncoder, Dropout
-from genmodels.nn.losses import bernoulli_nll, gaussian_nll, kl_to_standard_normal
+from genmodels.nn.layers import make_activation
+from genmodels.nn.losses import (
+    bernoulli_nll,
+    binary_cross_entropy_with_logits,
+    gaussian_nll,
+    kl_to_standard_normal,
+)
 
 from .conftest import compose_config
 
@@ -31,6 +38,33 @@ def test_likelihoods_match_torch_distributions():
     assert torch.allclose(bernoulli_nll(logits, binary), expected, atol=1e-5)
     expected = -Normal(logits, 0.3).log_prob(x).flatten(1).sum(1)
     assert torch.allclose(gaussian_nll(logits, x, 0.3), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, reference", [("selu", torch.nn.functional.selu),
+                                             ("elu", torch.nn.functional.elu)])
+def test_cpu_elu_and_selu_are_pytorchs_in_values_and_gradients(name, reference):
+    torch.manual_seed(0)
+    activation = make_activation(name)
+    x = torch.cat([torch.linspace(-30, 30, 601), torch.randn(1000) * 1e-4]).requires_grad_()
+    assert torch.allclose(activation(x), reference(x), rtol=1e-6, atol=2e-7)
+    grad = torch.randn_like(x)
+    ours, = torch.autograd.grad(activation(x), x, grad)
+    theirs, = torch.autograd.grad(reference(x), x, grad)
+    assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+    small = torch.randn(12, dtype=torch.double, requires_grad=True)  # also twice (penalties)
+    assert torch.autograd.gradgradcheck(make_activation(name), (small,))
+
+
+def test_cpu_binary_cross_entropy_is_pytorchs_in_values_and_gradients():
+    torch.manual_seed(0)
+    logits = torch.cat([torch.linspace(-40, 40, 801), torch.randn(999)]).requires_grad_()
+    target = torch.rand(1800)
+    ours = binary_cross_entropy_with_logits(logits, target)
+    theirs = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-6)  # float32 rounding
+    grad = torch.randn_like(ours)
+    assert torch.allclose(*(torch.autograd.grad(loss, logits, grad)[0] for loss in (ours, theirs)),
+                          rtol=1e-5, atol=1e-6)
 
 
 def test_dropout_keeps_the_expectation_and_is_off_in_eval():

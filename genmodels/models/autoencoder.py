@@ -9,6 +9,7 @@ from torch import nn
 from genmodels.errors import GenmodelsError
 from genmodels.models.base import GenerativeModel, flat_output_width
 from genmodels.nn.layers import make_activation
+from genmodels.nn.losses import binary_cross_entropy_with_logits
 
 LOSSES = ("bce", "mse")
 
@@ -75,7 +76,7 @@ class AutoEncoder(GenerativeModel):
     def loss_from_decoder_output(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The reconstruction loss of the decoder's raw output (before output_activation)."""
         if self.loss_name == "bce":
-            return F.binary_cross_entropy_with_logits(logits.float(), x.float())
+            return binary_cross_entropy_with_logits(logits, x).mean()
         return F.mse_loss(self.output_activation(logits).float(), x.float())
 
     def losses(self, batch) -> dict[str, torch.Tensor]:

@@ -8,10 +8,51 @@ from torch import nn
 
 from genmodels.errors import GenmodelsError
 
+class _ELUByExp(torch.autograd.Function):
+    """scale * (x if x > 0 else alpha * (exp(x) - 1)), computed with exp: PyTorch's CPU
+    ELU/SELU kernels call expm1, which is not vectorised there and runs 8x slower than
+    exp (16 ms against 2 ms for a DCGAN generator's 128x64x14x14 activations, one core).
+    exp(x) - 1 differs from expm1(x) by at most ~1e-7 near 0. The gradient is PyTorch's
+    own elu_backward, from the output as F.elu saves it (differentiable again, for
+    gradient penalties)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha: float, scale: float):
+        # min(x, 0) is 0 where x > 0, and exp(0) - 1 = 0 there (torch.where is slow too)
+        out = x.clamp(max=0).exp_().sub_(1).mul_(alpha * scale).add_(x.clamp(min=0), alpha=scale)
+        ctx.save_for_backward(out)
+        ctx.alpha, ctx.scale = alpha, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.elu_backward(grad, ctx.alpha, ctx.scale, 1.0, True, out), None, None
+
+
+class ELU(nn.Module):
+    """ELU (Clevert et al., 2016) and SELU (Klambauer et al., 2017: alpha 1.6733, scale
+    1.0507): nn.ELU/nn.SELU's numbers, faster on CPUs (see _ELUByExp); on GPUs PyTorch's."""
+
+    SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+
+    def __init__(self, alpha: float = 1.0, scale: float = 1.0):
+        super().__init__()
+        self.alpha, self.scale = alpha, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            return _ELUByExp.apply(x, self.alpha, self.scale)
+        return torch.ops.aten.elu(x, self.alpha, self.scale, 1.0)  # F.elu/F.selu's op
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:.4g}, scale={self.scale:.4g}"
+
+
 ACTIVATIONS = {
     "relu": nn.ReLU,
-    "selu": nn.SELU,
-    "elu": nn.ELU,
+    "selu": lambda: ELU(ELU.SELU_ALPHA, ELU.SELU_SCALE),
+    "elu": ELU,
     "gelu": nn.GELU,
     "leaky_relu": lambda: nn.LeakyReLU(0.2),
     "tanh": nn.Tanh,
