@@ -8,6 +8,7 @@ from torch import nn
 
 from genmodels.errors import GenmodelsError
 
+
 class _ELUByExp(torch.autograd.Function):
     """scale * (x if x > 0 else alpha * (exp(x) - 1)), computed with exp: PyTorch's CPU
     ELU/SELU kernels call expm1, which is not vectorised there and runs 8x slower than
