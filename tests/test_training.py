@@ -279,6 +279,6 @@ def test_fused_batches_train_exactly_as_one_batch_per_step(model, extra, make_co
         assert torch.equal(a, b), name
     for name in ("train/loss_epoch", "val/loss"):  # the mean of the same 22 steps
         assert fused_metrics[name] == one_metrics[name]
-    # trainer.log_every_n_steps=4 became every Lightning step: 6 fused batches in the
-    # first epoch (the last of 2 batches), 2 in the second (of 4 batches, then 1).
-    assert len(fused_logged) == 6 + 2
+    # trainer.log_every_n_steps=4 counts fused batches: 6 in the first epoch (the last of
+    # 2 batches), 2 in the second (of 4 batches, then 1), so 2 logging steps of 8.
+    assert len(fused_logged) == 2
