@@ -13,6 +13,7 @@ from torch import nn
 
 from genmodels.errors import GenmodelsError
 from genmodels.models.base import GenerativeModel, flat_output_width
+from genmodels.nn.layers import INITS
 from genmodels.nn.losses import bernoulli_nll, gaussian_nll, kl_to_standard_normal
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -40,6 +41,8 @@ class VAE(GenerativeModel):
     likelihood="gaussian": N(mean, sigma^2) per pixel, the mean squashed into the value
     range (sigmoid or tanh); sigma = gaussian_std, fixed or (learn_gaussian_std) one
     learned number (Rybkin et al., 2021, "calibrated decoders").
+    posterior_init: the (mean, log-variance) head's weights: "torch" (PyTorch's default)
+    or "glorot" (Keras' two Glorot-uniform Dense layers, zero biases).
     epsilon_std: the reparameterization draws eps ~ N(0, epsilon_std^2) (a "sampling noise
     scale", as in some Keras recipes). That is the same as q(z|x) having its variance
     multiplied by epsilon_std^2, so `posterior` returns that variance and the KL, the ELBO
@@ -53,7 +56,7 @@ class VAE(GenerativeModel):
                  recon_reduction: str = "sum", gaussian_std: float = 0.1,
                  learn_gaussian_std: bool = False, epsilon_std: float = 1.0,
                  kl_capacity: float | None = None, kl_capacity_steps: int = 10000,
-                 scheduler: Callable | None = None):
+                 posterior_init: str = "torch", scheduler: Callable | None = None):
         super().__init__(channels, image_size, value_range, optimizer, scheduler)
         if likelihood not in LIKELIHOODS:
             raise GenmodelsError(
@@ -77,6 +80,16 @@ class VAE(GenerativeModel):
         self.encoder, self.decoder = encoder, decoder
         self.latent_dim = latent_dim
         self.to_posterior = nn.Linear(flat_output_width(encoder, self.image_shape), 2 * latent_dim)
+        if posterior_init not in INITS:
+            raise GenmodelsError(f"Unknown model.posterior_init {posterior_init!r}; valid "
+                                 f"choices: {', '.join(INITS)}.")
+        if posterior_init == "glorot":
+            # Keras' two Dense heads (mean, log-variance), each Glorot-uniform on its own
+            # shape: the limit of a (latent_dim, features) layer, not of the joined one.
+            with torch.no_grad():
+                for head in self.to_posterior.weight.chunk(2):
+                    nn.init.xavier_uniform_(head)
+                nn.init.zeros_(self.to_posterior.bias)
         self.likelihood = likelihood
         self.kl_weight, self.recon_weight = kl_weight, recon_weight
         self.recon_divisor = 1 if recon_reduction == "sum" else math.prod(self.image_shape)
