@@ -12,7 +12,7 @@ from genmodels.callbacks.image_grids import interleave_rows
 from genmodels.config import build
 from genmodels.errors import GenmodelsError
 from genmodels.nn import DCGANDiscriminator, DCGANGenerator, DenseDecoder, DenseEncoder, Dropout
-from genmodels.nn.layers import make_activation
+from genmodels.nn.layers import Conv2d, ConvTranspose2d, make_activation
 from genmodels.nn.losses import (
     bernoulli_nll,
     binary_cross_entropy_with_logits,
@@ -53,6 +53,27 @@ def test_cpu_elu_and_selu_are_pytorchs_in_values_and_gradients(name, reference):
     assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-6)
     small = torch.randn(12, dtype=torch.double, requires_grad=True)  # also twice (penalties)
     assert torch.autograd.gradgradcheck(make_activation(name), (small,))
+
+
+@pytest.mark.parametrize("layer", [
+    Conv2d(1, 8, 5, stride=2, padding=2), Conv2d(3, 8, 3, padding=1),
+    ConvTranspose2d(8, 1, 5, stride=2, padding=2, output_padding=1),
+    ConvTranspose2d(8, 3, 4, stride=2, padding=1)])
+def test_image_convolutions_without_onednn_are_pytorchs(layer):
+    torch.manual_seed(0)
+    x = torch.randn(4, layer.in_channels, 9, 9, requires_grad=True)
+    reference = super(type(layer), layer).forward  # nn.Conv2d's / nn.ConvTranspose2d's
+    ours, theirs = layer(x), reference(x)
+    assert ours.grad_fn.name().startswith("_ConvWithoutOneDNN")  # the CPU path ran
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    grad = torch.randn_like(ours)
+    inputs = [x, layer.weight, layer.bias]
+    for a, b in zip(torch.autograd.grad(ours, inputs, grad),
+                    torch.autograd.grad(theirs, inputs, grad), strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)
+    small = layer.double()  # differentiable twice, for gradient penalties (R1, WGAN-GP)
+    x = torch.randn(1, layer.in_channels, 3, 3, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: small(x), (x,))
 
 
 def test_cpu_binary_cross_entropy_is_pytorchs_in_values_and_gradients():

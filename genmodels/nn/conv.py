@@ -11,6 +11,8 @@ from genmodels.errors import GenmodelsError
 from genmodels.nn.dense import mlp
 from genmodels.nn.gan_layers import MinibatchStdDev, batch_statistics_head
 from genmodels.nn.layers import (
+    Conv2d,
+    ConvTranspose2d,
     Dropout,
     apply_init,
     check_image_shape,
@@ -67,7 +69,7 @@ class DCGANGenerator(nn.Module):
         for i, (n_in, n_out) in enumerate(zip(widths, [*widths[1:], channels], strict=True)):
             is_output = i == len(widths) - 1
             act = output_activation if is_output else activation
-            conv = nn.ConvTranspose2d(n_in, n_out, kernel_size, stride=2, padding=pad,
+            conv = ConvTranspose2d(n_in, n_out, kernel_size, stride=2, padding=pad,
                                       output_padding=1)
             init_for_activation(conv, act)
             layers += [conv, make_activation(act)]
@@ -99,9 +101,9 @@ class UpsampleGenerator(nn.Module):
                                    nn.Unflatten(1, (widths[0], start, start))]
         for n_in, n_out in zip(widths, widths, strict=True):
             layers += [nn.Upsample(scale_factor=2, mode="nearest"),
-                       nn.Conv2d(n_in, n_out, kernel_size, padding=same_padding(kernel_size)),
+                       Conv2d(n_in, n_out, kernel_size, padding=same_padding(kernel_size)),
                        make_activation(activation)]
-        layers += [nn.Conv2d(widths[-1], channels, output_kernel_size,
+        layers += [Conv2d(widths[-1], channels, output_kernel_size,
                              padding=same_padding(output_kernel_size)),
                    make_activation(output_activation)]
         self.net = nn.Sequential(*layers)
@@ -129,7 +131,7 @@ class DCGANDiscriminator(nn.Module):
         layers: list[nn.Module] = []
         size = image_size
         for i, (n_in, n_out) in enumerate(zip([channels, *widths[:-1]], widths, strict=True)):
-            layers.append(nn.Conv2d(n_in, n_out, kernel_size, stride=2, padding=pad))
+            layers.append(Conv2d(n_in, n_out, kernel_size, stride=2, padding=pad))
             if batch_norm and i > 0:
                 layers.append(nn.BatchNorm2d(n_out))
             layers += [make_activation(activation), Dropout(dropout)]
@@ -170,10 +172,10 @@ def conv_unit(n_in: int, n_out: int, kernel_size: int, activation: str, batch_no
     halves (transposed: doubles) the size."""
     pad = same_padding(kernel_size)
     if transposed:
-        conv = nn.ConvTranspose2d(n_in, n_out, kernel_size, stride=stride, padding=pad,
+        conv = ConvTranspose2d(n_in, n_out, kernel_size, stride=stride, padding=pad,
                                   output_padding=stride - 1)
     else:
-        conv = nn.Conv2d(n_in, n_out, kernel_size, stride=stride, padding=pad)
+        conv = Conv2d(n_in, n_out, kernel_size, stride=stride, padding=pad)
     init_for_activation(conv, activation)
     return [conv, make_activation(activation), *([nn.BatchNorm2d(n_out)] if batch_norm else [])]
 
@@ -262,7 +264,7 @@ class ConvDecoder(nn.Module):
                 layers += conv_unit(n_in, n_out, kernel_size, activation, batch_norm)
                 layers += conv_unit(n_out, n_out, kernel_size, activation, batch_norm)
         output_kernel = output_kernel_size or kernel_size
-        layers.append(nn.Conv2d(widths[-1], channels, output_kernel,
+        layers.append(Conv2d(widths[-1], channels, output_kernel,
                                 padding=same_padding(output_kernel)))
         self.net = nn.Sequential(*layers)
 
