@@ -282,3 +282,22 @@ def test_fused_batches_train_exactly_as_one_batch_per_step(model, extra, make_co
     # trainer.log_every_n_steps=4 counts fused batches: 6 in the first epoch (the last of
     # 2 batches), 2 in the second (of 4 batches, then 1), so 2 logging steps of 8.
     assert len(fused_logged) == 2
+
+
+@pytest.mark.slow
+def test_fused_batches_under_ddp_sync_every_optimizer_step(tmp_path):
+    # Each process sees its own half of every batch: a fused step whose later optimizer
+    # steps skipped DDP's gradient all-reduce would end with other weights.
+    def run(fused: int) -> dict:
+        run_dir = tmp_path / f"fused{fused}"
+        result = run_train("model=vae", "trainer=ddp_cpu", "trainer.max_steps=14",
+                           "trainer.enable_progress_bar=false", "test=false", "logger=csv",
+                           "dataset.batch_size=32", f"speed.fused_batches={fused}",
+                           f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+
+    one, fused = run(1), run(3)
+    assert one["global_step"] == fused["global_step"] == 14
+    for (name, a), b in zip(one["state_dict"].items(), fused["state_dict"].values(), strict=True):
+        assert torch.equal(a, b), name
