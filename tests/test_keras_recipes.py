@@ -67,6 +67,27 @@ def test_dcgan_fashion_is_the_keras_recipe():
     assert torch.count_nonzero(gan.discriminator.net[-1].bias) == 0  # Glorot, zero biases
 
 
+def test_dcgan_default_is_the_keras_recipe_plus_label_smoothing():
+    default = compose_config(["model=dcgan", "dataset=fashion"]).model
+    book = compose_config(["experiment=dcgan_fashion"]).model
+    assert (default.label_smoothing, book.label_smoothing) == (0.1, 0.0)
+    default.label_smoothing = 0.0
+    assert default == book
+
+
+def test_vae_fashion_posterior_heads_are_two_glorot_layers():
+    torch.manual_seed(0)
+    vae = build(compose_config(["experiment=vae_fashion", "dataset=digits"]).model)
+    limit = math.sqrt(6 / (100 + 10))  # Keras' Dense(10) on 100 features, twice
+    for head in vae.to_posterior.weight.chunk(2):
+        assert 0.95 * limit < head.abs().max() <= limit
+    assert torch.count_nonzero(vae.to_posterior.bias) == 0
+    plain = build(compose_config(["model=vae", "dataset=digits"]).model)
+    assert plain.to_posterior.weight.abs().max() <= 1 / math.sqrt(100)  # PyTorch's default
+    with pytest.raises(Exception, match="Unknown model.posterior_init 'he'"):
+        build(compose_config(["model=vae", "model.posterior_init=he"]).model)
+
+
 def tiny_gan(**options) -> GAN:
     torch.manual_seed(0)
     generator = DCGANGenerator(8, 1, 28, widths=[8, 4])
