@@ -195,9 +195,10 @@ class OptimizerOverrides(L.Callback):
                              "%s).", node, key, value, ", ".join(map(str, before)))
 
 
-def check_checkpoint(path: str | Path, model: torch.nn.Module) -> None:
-    """Stop before training if a checkpoint to continue from is unreadable or was written
-    for another architecture; the file itself is left as it is."""
+def check_checkpoint(path: str | Path, model: torch.nn.Module, fused_batches: int = 1) -> None:
+    """Stop before training if a checkpoint to continue from is unreadable, was written
+    for another architecture, or switches speed.fused_batches between 1 and more; the
+    file itself is left as it is."""
     path = Path(path)
     if not path.is_file():
         raise GenmodelsError(f"ckpt_path={str(path)!r} is not a file.")
@@ -217,3 +218,11 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module) -> None:
             f"{missing}, unexpected {unexpected}, other shapes {reshaped}); resume with the "
             "run's own config."
         )
+    # Lightning keeps the step count of automatic and of manual optimization (fused
+    # batches) apart: switching would restart trainer.global_step at 0.
+    saved = ((checkpoint.get("genmodels_config") or {}).get("speed") or {}).get("fused_batches", 1)
+    if (saved > 1) != (fused_batches > 1):
+        keep = "speed.fused_batches=1" if saved == 1 else "any speed.fused_batches above 1"
+        raise GenmodelsError(
+            f"Checkpoint {path} was trained with speed.fused_batches={saved}, and Lightning "
+            f"counts the steps of fused and unfused training apart: continue it with {keep}.")

@@ -29,7 +29,7 @@ from genmodels.errors import GenmodelsError, TrainingDiverged
 from genmodels.hparams import curated_hparams, log_hparams_session
 from genmodels.rundirs import save_hydra_record
 from genmodels.runs import OptimizerOverrides, check_checkpoint, latest_checkpoint, resumed_config
-from genmodels.speed import configure_backends, fuse_batches, optimize_model
+from genmodels.speed import configure_backends, fuse_batches, fused_batches, optimize_model
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_fresh_output_dir(cfg, output_dir)
     check_accelerator(cfg.trainer)
     check_learning_rates(cfg.model)
+    fused = fused_batches(cfg.get("speed"))
     configure_backends(cfg.get("speed"))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build(cfg.dataset)
     model = build(cfg.model)
     if cfg.get("ckpt_path") is not None:
-        check_checkpoint(cfg.ckpt_path, model)  # before Lightning touches anything
+        check_checkpoint(cfg.ckpt_path, model, fused)  # before Lightning touches anything
     model = optimize_model(model, cfg.get("speed"))
     config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -123,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     enable_model_summary=False)
     # After choose_strategy, which gives manually optimized models DDP's search for unused
     # parameters: every backward pass of a fused model reaches all of them.
-    fuse_batches(cfg.get("speed"), trainer, model, datamodule)
+    fuse_batches(fused, trainer, model, datamodule)
     save_config(config, output_dir, command)
     hparams = curated_hparams(cfg, output_dir)
     for logger in loggers:

@@ -196,6 +196,28 @@ def test_resume_applies_learning_rates_and_the_runs_own_keys_and_refuses_the_res
     assert checkpoint["genmodels_config"]["model"]["label_smoothing"] == 0.1
 
 
+def test_resume_keeps_fused_and_unfused_training_apart(tmp_path):
+    from genmodels.rundirs import with_run_choices
+    from genmodels.training import train
+
+    run_dir = tmp_path / "run"
+    tiny = ["model=vae", *FAST, "test=false", "logger=csv", "trainer.limit_val_batches=1",
+            "dataset.batch_size=64"]
+    train(compose_config([*tiny, "trainer.max_steps=10", "speed.fused_batches=4"], run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+
+    def resume(*overrides: str):
+        return train(compose_config(with_run_choices([f"resume={run_dir}", *overrides]),
+                                    run_dir))
+
+    # Lightning would restart the step count at 0 (and train 20 more steps).
+    with pytest.raises(GenmodelsError, match=r"was trained with speed.fused_batches=4, .* "
+                                             r"continue it with any speed.fused_batches above 1"):
+        resume("speed.fused_batches=1", "trainer.max_steps=20")
+    resume("speed.fused_batches=3", "trainer.max_steps=20")
+    assert torch.load(last, weights_only=False)["global_step"] == 20
+
+
 def test_generate_and_evaluate_take_the_newest_checkpoint_interrupted_included(tmp_path):
     from genmodels.runs import find_checkpoint
 
