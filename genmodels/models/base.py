@@ -68,9 +68,9 @@ class GenerativeModel(L.LightningModule):
         """Train on fused batches (speed.fused_batches): each batch Lightning hands to
         `training_step` is several consecutive batches of `batch_size`, and the model takes
         one optimizer step on each, in order: the same steps as one batch per Lightning
-        step, with Lightning's per-step work (hooks, closures, progress bar, logging
-        checks: about 1.5 ms on a CPU) paid once per fused batch. Small models, whose own
-        step takes a few milliseconds, gain most. This uses Lightning's manual optimization.
+        step, with Lightning's per-step work (hooks, closures, progress bar, and above all
+        its logging steps) paid once per fused batch. Small models, whose own step takes a
+        few milliseconds, gain most. This uses Lightning's manual optimization.
         """
         if type(self).training_step is not GenerativeModel.training_step:
             raise GenmodelsError(
