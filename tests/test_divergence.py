@@ -19,6 +19,7 @@ from genmodels.callbacks import InterruptedCheckpoint
 from genmodels.config import build
 from genmodels.errors import TrainingDiverged
 from genmodels.models.base import last_checkpoint
+from genmodels.speed import fuse_batches
 from genmodels.sweeps import collect_jobs
 from genmodels.training import train
 
@@ -39,33 +40,40 @@ class PoisonBatch(L.Callback):
             batch[0].fill_(float("nan"))
 
 
-def fit(overrides, tmp_path, callbacks=(), precision="32-true", plugins=(), **trainer_args):
+def fit(overrides, tmp_path, callbacks=(), precision="32-true", plugins=(), fused=1,
+        **trainer_args):
     cfg = compose_config(["dataset.batch_size=16", *overrides], tmp_path)
-    model = build(cfg.model)
+    model, datamodule = build(cfg.model), build(cfg.dataset)
     trainer = L.Trainer(**{"max_epochs": 3, "limit_train_batches": 2, "limit_val_batches": 0,
                            "logger": False, "enable_progress_bar": False,
                            "enable_model_summary": False, "accelerator": "cpu",
                            "precision": None if plugins else precision, **trainer_args},
                         callbacks=list(callbacks), plugins=list(plugins))
-    trainer.fit(model, build(cfg.dataset))
+    if fused > 1:  # two Lightning steps of `fused` batches each per epoch
+        fuse_batches(fused, trainer, model, datamodule)
+    trainer.fit(model, datamodule)
     return model, trainer
 
 
-@pytest.mark.parametrize("overrides", [["model=ae"], ["model=vae"], ["model=gan"]],
-                         ids=["ae", "vae", "gan"])
-def test_every_family_stops_on_nan_and_keeps_its_last_good_checkpoint(overrides, tmp_path):
+@pytest.mark.parametrize("overrides,fused", [(["model=ae"], 1), (["model=vae"], 1),
+                                             (["model=gan"], 1), (["model=vae"], 3)],
+                         ids=["ae", "vae", "gan", "vae-fused"])
+def test_every_family_stops_on_nan_and_keeps_its_last_good_checkpoint(overrides, fused,
+                                                                      tmp_path):
     folder = tmp_path / "checkpoints"
     callbacks = [ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False),
                  InterruptedCheckpoint(dirpath=folder, filename="interrupted"),
                  PoisonBatch(epoch=1)]
     with pytest.raises(TrainingDiverged) as error:
-        fit(overrides, tmp_path, callbacks, log_every_n_steps=50)
+        fit(overrides, tmp_path, callbacks, fused=fused, log_every_n_steps=50)
     message = str(error.value)
     gan = overrides == ["model=gan"]
     step = "generator step" if gan else "step"
     what = "the discriminator loss or gradient" if gan else "the loss"
     assert message.startswith(f"Training diverged: {what}"), message
-    assert f"became NaN or infinite between {step} 2 and {step} 4" in message, message
+    steps = 2 * fused  # optimizer steps per epoch
+    assert f"became NaN or infinite between {step} {steps} and {step} {2 * steps}" in message, \
+        message
     assert f"the last good checkpoint is {folder / 'last.ckpt'}" in message, message
     # Lightning's interrupt handling ran cleanly (InterruptedCheckpoint did not try to save
     # the NaN weights, which the model would have refused with a second error).

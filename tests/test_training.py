@@ -65,7 +65,12 @@ def test_every_model_learns_on_every_offline_dataset(model, dataset, image_folde
     assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
     losses = step_values(read_metrics(Path(cfg.paths.output_dir)), MAIN_LOSS[model])
     assert len(losses) >= 12
-    assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
+    if model == "dcgan":
+        # D's loss does not fall steadily: G catches up. D has learned while it stays below
+        # chance, ln 2 (D's loss at equal outputs on real and fake is at least about that).
+        assert np.median(losses[len(losses) // 3:]) < math.log(2) - 0.05, losses
+    else:
+        assert np.mean(losses[-4:]) < np.mean(losses[:4]), losses
     model_back = load_model(cfg.paths.output_dir)
     samples = model_back.sample(4)
     channels, size = cfg.dataset.channels, cfg.dataset.image_size

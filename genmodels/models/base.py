@@ -86,16 +86,20 @@ class GenerativeModel(L.LightningModule):
         trainer.max_steps exactly."""
         optimizer, max_steps = self.optimizers(), self.trainer.max_steps
         parts = zip(*(part.split(self.fused_batch_size) for part in batch), strict=True)
+        step_losses = []
         for index, part in enumerate(parts):
             if 0 <= max_steps <= self.global_step:
                 break
             losses = self.losses(part)
             self._log_training_losses(losses, log=index == 0)
-            self.watch_finite("loss", losses["loss"])
+            step_losses.append(losses["loss"])
             optimizer.zero_grad()
             self.manual_backward(losses["loss"])
             optimizer.step()
             self._step_schedulers("step")
+        if step_losses:
+            # One record for the fused batch (a few tensor ops each time add up here).
+            self.watch_finite("loss", *step_losses)
 
     def validation_step(self, batch, batch_idx):
         self._log_losses(self.losses(batch), "val", batch_size=len(batch[0]))

@@ -12,8 +12,9 @@ from genmodels.errors import GenmodelsError
 
 class _ELUByExp(torch.autograd.Function):
     """scale * (x if x > 0 else alpha * (exp(x) - 1)), computed with exp: PyTorch's CPU
-    ELU/SELU kernels call expm1, which is not vectorised there and runs 8x slower than
-    exp (16 ms against 2 ms for a DCGAN generator's 128x64x14x14 activations, one core).
+    ELU/SELU kernels call expm1, which is not vectorised there and runs 2x (AVX2) to 8x
+    (AVX-512) slower than exp (AVX-512: 16 ms against 2 ms for a DCGAN generator's
+    128x64x14x14 activations, one core).
     exp(x) - 1 differs from expm1(x) by at most ~1e-7 near 0. The gradient is PyTorch's
     own elu_backward, from the output as F.elu saves it (differentiable again, for
     gradient penalties)."""
@@ -34,16 +35,20 @@ class _ELUByExp(torch.autograd.Function):
 
 class ELU(nn.Module):
     """ELU (Clevert et al., 2016) and SELU (Klambauer et al., 2017: alpha 1.6733, scale
-    1.0507): nn.ELU/nn.SELU's numbers, faster on CPUs (see _ELUByExp); on GPUs PyTorch's."""
+    1.0507): nn.ELU/nn.SELU's numbers, faster on CPUs for large activations (see
+    _ELUByExp); on GPUs and for small activations PyTorch's."""
 
     SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+    # Below this many elements PyTorch's own kernel is faster: _ELUByExp's Python costs
+    # ~80 us a call (forward and backward), a dense layer's whole ELU at batch 128.
+    MIN_ELEMENTS_BY_EXP = 2**16
 
     def __init__(self, alpha: float = 1.0, scale: float = 1.0):
         super().__init__()
         self.alpha, self.scale = alpha, scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and x.numel() >= self.MIN_ELEMENTS_BY_EXP:
             return _ELUByExp.apply(x, self.alpha, self.scale)
         return torch.ops.aten.elu(x, self.alpha, self.scale, 1.0)  # F.elu/F.selu's op
 
