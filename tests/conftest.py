@@ -16,6 +16,8 @@ CONF = ROOT / "conf"
 
 # A fast, quiet trainer for tests: CPU, no progress bar, no model summary.
 FAST = ["trainer=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+# A DCGAN with narrow layers: the same code paths at a fraction of the cost.
+SMALL_DCGAN = ["model.generator.widths=[16,8]", "model.discriminator.widths=[8,16]"]
 
 
 def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:

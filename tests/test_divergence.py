@@ -23,9 +23,7 @@ from genmodels.speed import fuse_batches
 from genmodels.sweeps import collect_jobs
 from genmodels.training import train
 
-from .conftest import FAST, compose_config
-
-TINY_DCGAN = ["model.generator.widths=[16,8]", "model.discriminator.widths=[8,16]"]
+from .conftest import FAST, SMALL_DCGAN, compose_config
 
 
 class PoisonBatch(L.Callback):
@@ -160,7 +158,7 @@ def fp16_on_cpu(scale: float) -> MixedPrecision:
 
 @pytest.mark.parametrize("penalty", ["gradient_penalty", "r1"])
 def test_gradient_penalties_stay_finite_under_float16_at_every_loss_scale(penalty, tmp_path):
-    cfg = compose_config(["model=wgan_gp", f"model.penalty={penalty}", *TINY_DCGAN], tmp_path)
+    cfg = compose_config(["model=wgan_gp", f"model.penalty={penalty}", *SMALL_DCGAN], tmp_path)
     gan = build(cfg.model)
     real = torch.rand(8, 1, 28, 28) * 2 - 1
     fake = torch.rand(8, 1, 28, 28) * 2 - 1
@@ -183,7 +181,7 @@ def test_16_mixed_skips_overflowing_steps_then_trains_on(tmp_path):
     """A GradScaler starting at 2^24 overflows float16 gradients: it skips steps, halving
     its scale, until they fit; then training goes on. WGAN-GP, the penalty included."""
     plugin = fp16_on_cpu(2.0**24)
-    gan, trainer = fit(["model=wgan_gp", *TINY_DCGAN], tmp_path, plugins=[plugin],
+    gan, trainer = fit(["model=wgan_gp", *SMALL_DCGAN], tmp_path, plugins=[plugin],
                        max_epochs=-1, max_steps=6, limit_train_batches=None,
                        log_every_n_steps=1, enable_checkpointing=False)
     assert plugin.scaler.get_scale() < 2.0**24, "no step was skipped"
@@ -199,7 +197,7 @@ def test_16_mixed_stops_only_when_the_loss_scale_collapses(tmp_path):
     """NaN real images make every D step non-finite: the GradScaler skips each (no error at
     the first), and training stops once its scale falls below the floor, 2^-14."""
     with pytest.raises(TrainingDiverged, match=r"the 16-mixed loss scale fell to 3.05e-05"):
-        fit(["model=dcgan", *TINY_DCGAN], tmp_path, [PoisonBatch()], plugins=[fp16_on_cpu(2**-10)],
+        fit(["model=dcgan", *SMALL_DCGAN], tmp_path, [PoisonBatch()], plugins=[fp16_on_cpu(2**-10)],
             max_epochs=-1, max_steps=20, limit_train_batches=None, log_every_n_steps=1,
             enable_checkpointing=False)
 
@@ -241,11 +239,11 @@ class CountHostReads(L.Callback):
 
 @pytest.mark.parametrize("overrides", [
     ["model=vae"],
-    ["model=dcgan", *TINY_DCGAN, "model.penalty=r1", "model.ema_decay=0.9",
+    ["model=dcgan", *SMALL_DCGAN, "model.penalty=r1", "model.ema_decay=0.9",
      "model.replay_capacity=32", "model.spectral_norm=true"],
     ["model=progan", "model.generator.max_width=16", "model.generator.min_width=8",
      "model.latent_dim=16", "model.growth.fade_images=64", "model.growth.stable_images=16"],
-    ["model=wgan_gp", *TINY_DCGAN, "16-mixed"],
+    ["model=wgan_gp", *SMALL_DCGAN, "16-mixed"],
 ], ids=["vae", "dcgan_r1_ema_replay", "progan_fading", "wgan_gp_16_mixed"])
 def test_training_steps_read_nothing_back_from_the_device(overrides, tmp_path, monkeypatch):
     """Steps that are not logging steps (log_every_n_steps=1000 here) never wait for the

@@ -17,7 +17,7 @@ from genmodels.config import check_override_types
 from genmodels.errors import GenmodelsError
 from genmodels.training import train
 
-from .conftest import CONF, FAST, compose_config, run_train
+from .conftest import CONF, FAST, SMALL_DCGAN, compose_config, run_train
 
 TINY = [*FAST, "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "test=false"]
 
@@ -28,9 +28,6 @@ def weights(run_dir: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
 
 def weights_step(run_dir: Path) -> int:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
-
-
-SMALL_DCGAN = ["model.generator.widths=[16,8]", "model.discriminator.widths=[8,16]"]
 
 
 @pytest.mark.parametrize("model, extra", [("vae", []), ("dcgan", SMALL_DCGAN)])

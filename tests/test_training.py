@@ -16,7 +16,7 @@ from genmodels.errors import GenmodelsError
 from genmodels.runs import load_model
 from genmodels.training import train
 
-from .conftest import FAST, run_train
+from .conftest import FAST, SMALL_DCGAN, run_train
 
 MODELS = ["ae", "vae", "dcgan"]
 MAIN_LOSS = {"ae": "train/loss_step", "vae": "train/loss_step", "dcgan": "train/d_loss_step"}
@@ -114,7 +114,7 @@ def test_gan_logs_both_players_and_discriminator_accuracy(make_config):
 def test_gan_trains_under_bf16_mixed_precision(make_config):
     # Small widths and a few validation batches: CPUs without native bf16 emulate it slowly.
     cfg = make_config("model=dcgan", *FAST, "trainer.precision=bf16-mixed",
-                      "model.generator.widths=[16,8]", "model.discriminator.widths=[8,16]",
+                      *SMALL_DCGAN,
                       "trainer.max_epochs=1", "trainer.limit_train_batches=4",
                       "trainer.limit_val_batches=2", "trainer.limit_test_batches=2")
     metrics = train(cfg)
