@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,6 +14,13 @@ from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n 2 (the default, see pyproject.toml) runs two test processes on the
+    # machine's cores: one PyTorch thread each, also in the train.py processes they start,
+    # since threads that share a core wait on each other.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 # A fast, quiet trainer for tests: CPU, no progress bar, no model summary.
 FAST = ["trainer=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
