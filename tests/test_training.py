@@ -304,34 +304,40 @@ class GradientNorms(L.Callback):
         self.norms.append(torch.cat(grads).norm().item())
 
 
-def test_fused_batches_call_the_gradient_hooks_only_when_implemented(make_config, monkeypatch):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fused_batches_call_the_gradient_hooks_only_when_implemented(precision, make_config,
+                                                                     monkeypatch):
     # Calling Lightning's gradient hooks on every callback costs ~0.2 ms per optimizer
-    # step: fused batches skip that when no callback implements one; a callback that does
-    # sees every optimizer step, as without fused batches.
+    # step: fused batches skip that when no callback implements one, and train as before;
+    # a callback that does sees every optimizer step, as without fused batches.
     from lightning.pytorch.trainer import call
 
     dispatched, dispatch = [], call._call_callback_hooks
     monkeypatch.setattr(call, "_call_callback_hooks", lambda trainer, hook, *args, **kwargs: (
         dispatched.append(hook), dispatch(trainer, hook, *args, **kwargs))[1])
 
-    def fit(fused: int, callbacks: list) -> L.Trainer:
+    def fit(fused: int, callbacks: list) -> tuple[L.Trainer, dict]:
         cfg = make_config("model=vae", "dataset.batch_size=16", run_name=f"fused{fused}")
         L.seed_everything(0)
         model, datamodule = build(cfg.model), build(cfg.dataset)
         trainer = L.Trainer(max_steps=8, limit_val_batches=0, logger=False,
                             enable_progress_bar=False, enable_model_summary=False,
-                            enable_checkpointing=False, accelerator="cpu", callbacks=callbacks)
+                            enable_checkpointing=False, accelerator="cpu",
+                            precision=precision, callbacks=callbacks)
         fuse_batches(fused, trainer, model, datamodule)
         trainer.fit(model, datamodule)
-        return trainer
+        return trainer, model.state_dict()
 
-    steps = fit(4, []).fit_loop.epoch_loop.manual_optimization.optim_step_progress.total
+    trainer, plain = fit(4, [])
+    steps = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total
     assert "on_train_batch_end" in dispatched and "on_before_backward" not in dispatched
     assert steps.ready == steps.completed == 8  # Lightning's count of optimizer steps
     one, fused = GradientNorms(), GradientNorms()
-    fit(1, [one])
+    _, unfused = fit(1, [one])
     fit(4, [fused])
     assert len(fused.norms) == 8 and fused.norms == one.norms
+    for (name, a), b in zip(unfused.items(), plain.values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.slow
