@@ -313,8 +313,12 @@ def test_fused_batches_call_the_gradient_hooks_only_when_implemented(precision, 
     from lightning.pytorch.trainer import call
 
     dispatched, dispatch = [], call._call_callback_hooks
-    monkeypatch.setattr(call, "_call_callback_hooks", lambda trainer, hook, *args, **kwargs: (
-        dispatched.append(hook), dispatch(trainer, hook, *args, **kwargs))[1])
+
+    def recording_dispatch(trainer, hook, *args, **kwargs):
+        dispatched.append(hook)
+        return dispatch(trainer, hook, *args, **kwargs)
+
+    monkeypatch.setattr(call, "_call_callback_hooks", recording_dispatch)
 
     def fit(fused: int, callbacks: list) -> tuple[L.Trainer, dict]:
         cfg = make_config("model=vae", "dataset.batch_size=16", run_name=f"fused{fused}")

@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from genmodels.errors import GenmodelsError, TrainingDiverged
 
@@ -120,12 +121,10 @@ class GenerativeModel(L.LightningModule):
         model's step, spent on nothing when no one implements them. Beyond that they only
         work under other strategies (DDP's backward prepares its gradient all-reduce) and
         precisions (16-mixed scales the loss, bf16-true casts)."""
-        def implements(hooks, obj, base) -> bool:
-            return any(getattr(type(obj), hook) is not getattr(base, hook) for hook in hooks)
-
         trainer, precision = self.trainer, self.trainer.precision_plugin
-        return (not any(implements(GRADIENT_HOOKS, c, L.Callback) for c in trainer.callbacks)
-                and not implements((*GRADIENT_HOOKS, "backward"), self, L.LightningModule)
+        return (not any(is_overridden(hook, listener) for listener in [*trainer.callbacks, self]
+                        for hook in GRADIENT_HOOKS)
+                and not is_overridden("backward", self)
                 and type(trainer.strategy) is SingleDeviceStrategy
                 and type(precision) in (Precision, MixedPrecision)
                 and getattr(precision, "scaler", None) is None)
