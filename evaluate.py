@@ -14,7 +14,7 @@ from genmodels.errors import GenmodelsError
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
-    from genmodels.evaluate import evaluate  # here, so that `--help` answers quickly
+    from genmodels.jobs.evaluate import evaluate  # here, so that `--help` answers quickly
 
     try:
         result = evaluate(cfg)

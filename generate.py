@@ -14,7 +14,7 @@ from genmodels.errors import GenmodelsError
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 def main(cfg: DictConfig) -> None:
-    from genmodels.generate import generate  # here, so that `--help` answers quickly
+    from genmodels.jobs.generate import generate  # here, so that `--help` answers quickly
 
     try:
         generate(cfg)

@@ -12,19 +12,19 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from genmodels.config import task_function
+from genmodels.engine.rundirs import RunDirectory, with_run_choices
 from genmodels.errors import GenmodelsError
-from genmodels.rundirs import RunDirectory, with_run_choices
-from genmodels.sweeps import record_failed_job
+from genmodels.jobs.sweeps import record_failed_job
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     # Imported here, so that `--help` answers without loading PyTorch.
-    from genmodels.training import optimized_value
+    from genmodels.jobs.train import optimized_value
 
     try:
-        # The job: `genmodels.training.train` unless an experiment names another `task`.
-        metrics = task_function(cfg.get("task", "genmodels.training.train"))(cfg)
+        # The job: `genmodels.jobs.train.train` unless an experiment names another `task`.
+        metrics = task_function(cfg.get("task", "genmodels.jobs.train.train"))(cfg)
         # Sweepers (e.g. Optuna) optimise the value returned here.
         return optimized_value(cfg, metrics)
     except Exception as error:

@@ -68,9 +68,9 @@ def our_overrides(args, recipe: str, seed: int, run_dir: Path) -> list[str]:
 
 def ours(args) -> None:
     """Train our side with train.py (a subprocess per seed) and sample its checkpoints."""
-    from genmodels.generate import sample_images
+    from genmodels.engine.runs import load_model
     from genmodels.metrics.likelihood import negative_elbo
-    from genmodels.runs import load_model
+    from genmodels.sampling import sample_images
 
     out = Path(args.out) / "ours"
     out.mkdir(parents=True, exist_ok=True)

@@ -31,8 +31,8 @@ from omegaconf import open_dict
 from sklearn.decomposition import PCA
 
 from genmodels.config import build
-from genmodels.runs import load_model
-from genmodels.training import train
+from genmodels.engine.runs import load_model
+from genmodels.jobs.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"

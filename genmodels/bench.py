@@ -2,7 +2,7 @@
 
     python -m genmodels.bench model=dcgan dataset=digits dataset.batch_size=128
 
-The framework run is `genmodels.training.train` on the composed config (Hydra + Lightning
+The framework run is `genmodels.jobs.train.train` on the composed config (Hydra + Lightning
 + data module + the configured callbacks, loggers and progress bar, with validation and
 testing off). The bare loop trains the same model class, built from the same config, with
 the same optimizers on the same in-memory batches: scale, compute the same losses,
@@ -40,11 +40,11 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, open_dict
 
 from genmodels.config import build
+from genmodels.engine.speed import configure_backends, optimize_model
 from genmodels.errors import GenmodelsError
+from genmodels.jobs.train import train
 from genmodels.models.gan import GAN
 from genmodels.nn.gan_losses import generator_loss
-from genmodels.speed import configure_backends, optimize_model
-from genmodels.training import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 KERAS_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "keras_book.py"

@@ -26,13 +26,13 @@ def build(node, **kwargs):
 
 def task_function(path: str) -> Callable:
     """The job that `train.py` runs, named by the config's `task` key (a dotted path to a
-    function of the config that returns a metrics dict), e.g. genmodels.training.train."""
+    function of the config that returns a metrics dict), e.g. genmodels.jobs.train.train."""
     try:
         return get_method(path)
     except Exception:
         raise GenmodelsError(
-            f"task={path!r} is not an importable function; use genmodels.training.train or "
-            "genmodels.pretraining.pretrain_classifier."
+            f"task={path!r} is not an importable function; use genmodels.jobs.train.train or "
+            "genmodels.jobs.pretrain.pretrain_classifier."
         ) from None
 
 

@@ -7,8 +7,8 @@ class GenmodelsError(Exception):
 
 
 class TrainingDiverged(GenmodelsError):
-    """Training met a NaN or infinite loss, gradient or weight (GenerativeModel.check_finite).
+    """Training met a NaN or infinite loss, gradient or weight (genmodels/engine/divergence.py).
 
-    `train.py` prints it like any GenmodelsError and exits non-zero; `genmodels.training`
+    `train.py` prints it like any GenmodelsError and exits non-zero; `genmodels.jobs.train`
     records the run as `diverged` in its summary.json first.
     """

@@ -4,7 +4,7 @@ They work for every VAE and, through the common interface (`encode`, `decode`), 
 model that has them (an autoencoder too, though only a VAE's prior makes N(0, I) codings
 meaningful). Inputs are images in the model's value range; outputs are decoded images in
 that range, on the model's device (`model.to_unit_range` maps them to [0, 1] for display).
-Call them on a model in eval mode (`genmodels.runs.load_model` returns one), so that batch
+Call them on a model in eval mode (`genmodels.engine.runs.load_model` returns one), so that batch
 norm uses its running statistics.
 
     from genmodels import latent

@@ -13,8 +13,8 @@ from torch import nn
 
 from genmodels.config import build
 from genmodels.data import DigitsDataModule
-from genmodels.pretraining import pretrain_classifier
-from genmodels.training import train
+from genmodels.jobs.pretrain import pretrain_classifier
+from genmodels.jobs.train import train
 
 from .conftest import FAST, compose_config
 from .test_training import (
@@ -221,7 +221,7 @@ def test_pretraining_experiment_reports_both_accuracies(make_config, caplog):
     cfg = make_config("experiment=pretrain_classifier", *FAST, "trainer.max_epochs=1",
                       "trainer.limit_train_batches=5", "pretrain.num_labelled=100",
                       "pretrain.classifier_epochs=2", "trainer.limit_val_batches=1")
-    with caplog.at_level(logging.INFO, logger="genmodels.pretraining"):
+    with caplog.at_level(logging.INFO, logger="genmodels.jobs.pretrain"):
         metrics = pretrain_classifier(cfg)
     for name in ("pretrained", "scratch"):
         assert 0.0 <= metrics[f"{name}/test/acc"] <= 1.0
@@ -252,7 +252,7 @@ def test_pretraining_classifier_can_freeze_the_encoder(tmp_path):
 
 def test_pretraining_needs_labels(tmp_path):
     from genmodels.errors import GenmodelsError
-    from genmodels.pretraining import keep_labelled_subset
+    from genmodels.jobs.pretrain import keep_labelled_subset
 
     dm = DigitsDataModule()
     with pytest.raises(GenmodelsError, match="num_labelled=5000"):
@@ -322,7 +322,7 @@ def test_pretrained_encoder_is_reused_and_beats_training_from_scratch(tmp_path, 
     """Geron's claim (Hands-On ML ch. 17): with few labels, a classifier on an encoder
     pretrained as an autoencoder on all images beats the same classifier from scratch.
     Averaged over seeds (each a different labelled subset and initialisation)."""
-    import genmodels.pretraining as pretraining
+    import genmodels.jobs.pretrain as pretraining
 
     encoders = {}
     fit = pretraining.fit_classifier

@@ -8,7 +8,7 @@ import torch
 
 from genmodels.data import IdxDataModule
 from genmodels.errors import GenmodelsError
-from genmodels.training import train
+from genmodels.jobs.train import train
 
 from .conftest import FAST
 from .test_data import idx_bytes, write_idx

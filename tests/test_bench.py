@@ -8,6 +8,7 @@ import yaml
 
 from genmodels import bench
 from genmodels.config import build
+from genmodels.engine import essential_callbacks
 from genmodels.errors import GenmodelsError
 
 from .conftest import CONF, compose_config
@@ -48,7 +49,8 @@ def test_bare_gan_loop_ends_with_the_framework_weights(name, tmp_path):
     recorder = ReseedAndRecord()
     batches = 6 if framework_gan.growth is None else 10  # ProGAN: through a fade-in
     trainer = L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
-                        logger=False, callbacks=[recorder], enable_checkpointing=False,
+                        logger=False, callbacks=[*essential_callbacks(), recorder],
+                        enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         accelerator="cpu", precision=cfg.trainer.precision)
     trainer.fit(framework_gan, build(cfg.dataset))

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import warnings
 
-from genmodels.console import quiet_third_party
+from genmodels.engine.console import quiet_third_party
 
 from .conftest import CONF
 

@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-from genmodels import speed
+from genmodels.engine import speed
+from genmodels.engine.speed import choose_cpu_threads, configure_backends, parallel_jobs
 from genmodels.errors import GenmodelsError
-from genmodels.speed import choose_cpu_threads, configure_backends, parallel_jobs
 
 from .conftest import compose_config
 
@@ -74,7 +74,7 @@ def test_configure_backends_sets_and_says_the_chosen_count(monkeypatch, caplog):
     before = torch.get_num_threads()
     fake_machine(monkeypatch, load=1.4, busy_share=0.1, cpus=4)
     try:
-        with caplog.at_level(logging.INFO, logger="genmodels.speed"):
+        with caplog.at_level(logging.INFO, logger="genmodels.engine.speed"):
             configure_backends(cfg.speed)
         assert torch.get_num_threads() == 3
         assert ("PyTorch CPU threads: 3 (1.4 of 4 cores busy: load average 1.4, 0.4 just now; "

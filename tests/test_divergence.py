@@ -17,11 +17,12 @@ from lightning.pytorch.plugins import MixedPrecision
 
 from genmodels.callbacks import InterruptedCheckpoint
 from genmodels.config import build
+from genmodels.engine import essential_callbacks
+from genmodels.engine.divergence import last_checkpoint
+from genmodels.engine.fused_batches import fuse_batches
 from genmodels.errors import TrainingDiverged
-from genmodels.models.base import last_checkpoint
-from genmodels.speed import fuse_batches
-from genmodels.sweeps import collect_jobs
-from genmodels.training import train
+from genmodels.jobs.sweeps import collect_jobs
+from genmodels.jobs.train import train
 
 from .conftest import FAST, SMALL_DCGAN, compose_config
 
@@ -46,7 +47,7 @@ def fit(overrides, tmp_path, callbacks=(), precision="32-true", plugins=(), fuse
                            "logger": False, "enable_progress_bar": False,
                            "enable_model_summary": False, "accelerator": "cpu",
                            "precision": None if plugins else precision, **trainer_args},
-                        callbacks=list(callbacks), plugins=list(plugins))
+                        callbacks=[*essential_callbacks(), *callbacks], plugins=list(plugins))
     if fused > 1:  # two Lightning steps of `fused` batches each per epoch
         fuse_batches(fused, trainer, model, datamodule)
     trainer.fit(model, datamodule)
@@ -268,7 +269,7 @@ def test_16_mixed_logs_the_loss_scale_on_logging_steps(tmp_path):
     trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=CSVLogger(tmp_path),
                         log_every_n_steps=1, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0,
+                        limit_val_batches=0, callbacks=essential_callbacks(),
                         plugins=[MixedPrecision("16-mixed", "cpu",
                                                 scaler=torch.amp.GradScaler("cpu"))])
     trainer.fit(model, datamodule=datamodule)

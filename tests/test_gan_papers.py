@@ -14,10 +14,11 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from genmodels.callbacks.config_in_checkpoint import ConfigInCheckpoint
 from genmodels.config import build
+from genmodels.engine import essential_callbacks
+from genmodels.engine.config_in_checkpoint import ConfigInCheckpoint
 from genmodels.errors import GenmodelsError
-from genmodels.generate import generate, to_uint8
+from genmodels.jobs.generate import generate
 from genmodels.models.base import GenerativeModel
 from genmodels.models.gan import GAN
 from genmodels.nn import ConditionalGenerator
@@ -30,6 +31,7 @@ from genmodels.nn.progan import (
     fade_real_images,
 )
 from genmodels.nn.stylegan import StyleGANGenerator
+from genmodels.sampling import to_uint8
 
 from .conftest import compose_config
 from .test_gans import TINY_PROGAN, TINY_STYLEGAN, fit_tiny
@@ -75,6 +77,7 @@ def toy_batches(n: int = 8, batches: int = 2) -> DataLoader:
 
 
 def toy_trainer(**options) -> L.Trainer:
+    options["callbacks"] = [*essential_callbacks(), *options.get("callbacks", [])]
     return L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
                      enable_model_summary=False, accelerator="cpu", **options)
 

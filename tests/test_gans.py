@@ -11,6 +11,7 @@ from torchvision.io import read_image
 
 from genmodels.callbacks import ImageGrids
 from genmodels.config import build
+from genmodels.engine import essential_callbacks
 from genmodels.errors import GenmodelsError
 from genmodels.nn import MinibatchDiscrimination, MinibatchStdDev
 from genmodels.nn.gan_layers import ReplayBuffer
@@ -76,7 +77,7 @@ def fit_tiny(overrides, tmp_path, max_steps=2, callbacks=()):
     cfg = compose_config(["dataset.batch_size=16", *overrides], tmp_path)
     gan = build(cfg.model)
     trainer = L.Trainer(max_steps=max_steps, limit_val_batches=0, logger=False,
-                        callbacks=list(callbacks), enable_checkpointing=False,
+                        callbacks=[*essential_callbacks(), *callbacks], enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         accelerator="cpu", precision=cfg.trainer.precision,
                         log_every_n_steps=1)

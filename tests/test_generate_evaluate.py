@@ -18,22 +18,21 @@ from torch import nn
 from genmodels import latent
 from genmodels.config import build
 from genmodels.data import DigitsDataModule
+from genmodels.engine.runs import load_model
 from genmodels.errors import GenmodelsError
-from genmodels.evaluate import evaluate, measure
-from genmodels.generate import (
+from genmodels.jobs.evaluate import evaluate
+from genmodels.jobs.generate import (
     TASKS,
     check_task,
     dataset_images,
-    from_uint8,
     generate,
     run_datamodule,
-    sample_images,
-    to_uint8,
 )
+from genmodels.jobs.train import train
 from genmodels.metrics.classifier import classifier_for
+from genmodels.metrics.measure import measure
 from genmodels.models.base import GenerativeModel
-from genmodels.runs import load_model
-from genmodels.training import train
+from genmodels.sampling import from_uint8, sample_images, to_uint8
 
 from .conftest import CONF, FAST, ROOT, compose_config
 from .test_tensorboard import hparams_table
@@ -223,7 +222,7 @@ def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache,
     cfg = tool_config("evaluate", f"run={vae_run}", "num_samples=300",
                       f"classifier_cache={classifier_cache}", "classifier_epochs=2",
                       "nll_samples=4")
-    monkeypatch.setattr("genmodels.evaluate.PROGRESS_FROM", 300)  # long from 300 on here
+    monkeypatch.setattr("genmodels.jobs.evaluate.PROGRESS_FROM", 300)  # long from 300 on here
     result = evaluate(cfg)
     assert "Sampling" in capsys.readouterr().err  # the progress bar of a long evaluation
     path = vae_run / "evaluation" / "last_test.json"
@@ -237,7 +236,8 @@ def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache,
     assert metrics["classifier_accuracy_real"] > 0.7
     # The NLL follows the likelihood module's own convention for a run's split (its
     # images scaled as in training), with evaluate's seed and batch size.
-    from genmodels.metrics.likelihood import importance_sampled_nll, negative_elbo, split_images
+    from genmodels.jobs.likelihood import split_images
+    from genmodels.metrics.likelihood import importance_sampled_nll, negative_elbo
 
     model, images = load_model(vae_run), split_images(str(vae_run), "test")
     expected = importance_sampled_nll(model, images, k=4, batch_size=cfg.batch_size,
@@ -429,7 +429,7 @@ class NoisyReconstruction(GenerativeModel):
 
 
 def test_reconstruction_mse_is_zero_for_identity_and_the_error_variance_otherwise():
-    from genmodels.evaluate import reconstruction_mse
+    from genmodels.metrics.measure import reconstruction_mse
 
     # Grey levels 0.1 away from black and white, so that no error is clipped.
     images = torch.randint(26, 230, (50, 1, 8, 8), dtype=torch.uint8,

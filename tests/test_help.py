@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from genmodels.generate import TASKS
+from genmodels.jobs.generate import TASKS
 
 from .conftest import CONF, ROOT
 

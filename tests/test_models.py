@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from genmodels.callbacks.image_grids import interleave_rows
 from genmodels.config import build
+from genmodels.engine import essential_callbacks
 from genmodels.errors import GenmodelsError
 from genmodels.nn import DCGANDiscriminator, DCGANGenerator, DenseDecoder, DenseEncoder, Dropout
 from genmodels.nn.layers import Conv2d, ConvTranspose2d, make_activation
@@ -19,6 +19,7 @@ from genmodels.nn.losses import (
     gaussian_nll,
     kl_to_standard_normal,
 )
+from genmodels.sampling import interleave_rows
 
 from .conftest import compose_config
 
@@ -191,7 +192,8 @@ def test_gan_phases_update_only_their_own_network(tmp_path):
 
     gan = build(compose_config(["model=dcgan"], tmp_path).model)
     recorder = RecordParameters()
-    trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False, callbacks=[recorder],
+    trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False,
+                        callbacks=[*essential_callbacks(), recorder],
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu")
     trainer.fit(gan, DigitsDataModule(batch_size=16, value_range=[-1.0, 1.0]))

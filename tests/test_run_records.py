@@ -19,9 +19,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict, read_write
 
+from genmodels.engine.rundirs import RunDirectory, claim_directory
 from genmodels.errors import GenmodelsError
-from genmodels.rundirs import RunDirectory, claim_directory
-from genmodels.sweeps import write_tables
+from genmodels.jobs.sweeps import write_tables
 
 from .conftest import CONF, FAST, ROOT, compose_config, run_train
 
@@ -131,7 +131,7 @@ def job_dir(sweep: Path, name: str, overrides: list[str], metrics: dict | None,
 
 
 def test_sweep_table_has_a_column_per_parameter_units_and_the_best_job(tmp_path):
-    from genmodels.sweeps import collect_jobs
+    from genmodels.jobs.sweeps import collect_jobs
 
     sweep = tmp_path / "sweep"
     job_dir(sweep, "0_vae_digits", ["model=vae", "model.kl_weight=0.5", "seed=1"],
@@ -163,8 +163,8 @@ def test_sweep_table_has_a_column_per_parameter_units_and_the_best_job(tmp_path)
 
 
 def test_resume_applies_learning_rates_and_the_runs_own_keys_and_refuses_the_rest(tmp_path):
-    from genmodels.rundirs import with_run_choices
-    from genmodels.training import train
+    from genmodels.engine.rundirs import with_run_choices
+    from genmodels.jobs.train import train
 
     run_dir = tmp_path / "dcgan_run"
     tiny = ["model=dcgan", *FAST, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
@@ -197,8 +197,8 @@ def test_resume_applies_learning_rates_and_the_runs_own_keys_and_refuses_the_res
 
 
 def test_resume_keeps_fused_and_unfused_training_apart(tmp_path):
-    from genmodels.rundirs import with_run_choices
-    from genmodels.training import train
+    from genmodels.engine.rundirs import with_run_choices
+    from genmodels.jobs.train import train
 
     run_dir = tmp_path / "run"
     tiny = ["model=vae", *FAST, "test=false", "logger=csv", "trainer.limit_val_batches=1",
@@ -219,7 +219,7 @@ def test_resume_keeps_fused_and_unfused_training_apart(tmp_path):
 
 
 def test_generate_and_evaluate_take_the_newest_checkpoint_interrupted_included(tmp_path):
-    from genmodels.runs import find_checkpoint
+    from genmodels.engine.runs import find_checkpoint
 
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)

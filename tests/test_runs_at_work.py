@@ -15,7 +15,7 @@ from omegaconf import open_dict
 
 from genmodels.config import check_override_types
 from genmodels.errors import GenmodelsError
-from genmodels.training import train
+from genmodels.jobs.train import train
 
 from .conftest import CONF, FAST, SMALL_DCGAN, compose_config, run_train
 

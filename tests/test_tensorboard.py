@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genmodels.training import train
+from genmodels.jobs.train import train
 
 from .conftest import FAST, compose_config
 

@@ -12,10 +12,11 @@ import torch
 from PIL import Image
 
 from genmodels.config import build
+from genmodels.engine import essential_callbacks
+from genmodels.engine.fused_batches import fuse_batches
+from genmodels.engine.runs import load_model
 from genmodels.errors import GenmodelsError
-from genmodels.runs import load_model
-from genmodels.speed import fuse_batches
-from genmodels.training import train
+from genmodels.jobs.train import train
 
 from .conftest import FAST, SMALL_DCGAN, run_train
 
@@ -142,7 +143,8 @@ def test_last_checkpoint_is_written_after_every_epoch(make_config):
                 epochs_in_last.append(torch.load(last, weights_only=False)["epoch"])
 
     trainer = L.Trainer(max_epochs=3, limit_train_batches=2, logger=False,
-                        callbacks=[build(cfg.callbacks.last_checkpoint), WatchLast()],
+                        callbacks=[*essential_callbacks(), build(cfg.callbacks.last_checkpoint),
+                                   WatchLast()],
                         enable_progress_bar=False, enable_model_summary=False,
                         accelerator="cpu")
     trainer.fit(build(cfg.model), build(cfg.dataset))
@@ -244,7 +246,7 @@ def test_gans_get_ddp_with_unused_parameters_however_ddp_is_spelled(spelling, ma
     from lightning.pytorch.strategies import DDPStrategy
     from omegaconf import OmegaConf
 
-    from genmodels.training import choose_strategy
+    from genmodels.jobs.train import choose_strategy
 
     strategy = {"object": DDPStrategy(), "object_false": DDPStrategy(find_unused_parameters=False),
                 "target": OmegaConf.create({"_target_": "lightning.pytorch.strategies.DDPStrategy",
@@ -327,7 +329,7 @@ def test_fused_batches_call_the_gradient_hooks_only_when_implemented(precision, 
         trainer = L.Trainer(max_steps=8, limit_val_batches=0, logger=False,
                             enable_progress_bar=False, enable_model_summary=False,
                             enable_checkpointing=False, accelerator="cpu",
-                            precision=precision, callbacks=callbacks)
+                            precision=precision, callbacks=[*essential_callbacks(), *callbacks])
         fuse_batches(fused, trainer, model, datamodule)
         trainer.fit(model, datamodule)
         return trainer, model.state_dict()

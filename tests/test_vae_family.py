@@ -11,15 +11,16 @@ import torch
 from genmodels import latent
 from genmodels.config import build
 from genmodels.data import DigitsDataModule
+from genmodels.engine import essential_callbacks
 from genmodels.errors import GenmodelsError
+from genmodels.jobs.likelihood import main
+from genmodels.jobs.train import train
 from genmodels.metrics.likelihood import (
     importance_sampled_nll,
     importance_sampled_nll_per_image,
-    main,
     negative_elbo,
 )
 from genmodels.nn.losses import kl_to_standard_normal
-from genmodels.training import train
 
 from .conftest import FAST, compose_config
 
@@ -244,7 +245,8 @@ def fit_dense_vae(tmp_path, *overrides, epochs=2):
     model, record = build(cfg.model), RecordTraining()
     trainer = L.Trainer(accelerator="cpu", max_epochs=epochs, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[record],
+                        enable_model_summary=False,
+                        callbacks=[*essential_callbacks(), record],
                         limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
     return model, datamodule, record

@@ -8,7 +8,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
-from genmodels.callbacks.outputs import is_drawing_epoch, log_figure, logging_step
+from genmodels.callbacks.outputs import is_drawing_epoch, log_figure
+from genmodels.engine.lightning_private import logging_step
 
 
 class AggregatePosterior(L.Callback):

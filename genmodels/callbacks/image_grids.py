@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from genmodels.callbacks.outputs import is_drawing_epoch, keep_first, log_image_grid
+from genmodels.sampling import interleave_rows
 
 
 class ImageGrids(L.Callback):
@@ -64,10 +65,3 @@ class ImageGrids(L.Callback):
             log_image_grid(trainer, name, pl_module.to_unit_range(images), 8, self.save_dir)
 
 
-def interleave_rows(pairs: torch.Tensor, row_length: int) -> torch.Tensor:
-    """(N, 2, C, H, W) input/output pairs (or (N, k, ...) tuples) -> images ordered so
-    that a grid with `row_length` columns shows a row of inputs above the row of their
-    outputs."""
-    n = len(pairs) - len(pairs) % row_length or len(pairs)
-    rows = pairs[:n].unflatten(0, (-1, min(row_length, n)))  # (rows, cols, 2, C, H, W)
-    return rows.transpose(1, 2).flatten(0, 2)

@@ -57,7 +57,7 @@ def exit_after_signal(stop: SystemExit, trainer, run_dir: Path) -> SystemExit:
 @rank_zero_only
 def report_interruption(signal_name: str, step: int, checkpoint: Path | None,
                         run_dir: Path) -> None:
-    from genmodels.rundirs import resume_command
+    from genmodels.engine.rundirs import resume_command
 
     if checkpoint is None:
         log.warning("Stopped by %s at step %d, before anything was saved to continue from.",

@@ -11,7 +11,8 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
-from genmodels.callbacks.outputs import is_drawing_epoch, log_figure, logging_step
+from genmodels.callbacks.outputs import is_drawing_epoch, log_figure
+from genmodels.engine.lightning_private import logging_step
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 import lightning as L
 
-from genmodels.callbacks.outputs import logging_step
+from genmodels.engine.lightning_private import logging_step
 
 
 class LearningRates(L.Callback):

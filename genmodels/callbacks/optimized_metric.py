@@ -11,7 +11,7 @@ class OptimizedMetricCheck(L.Callback):
     any training step), stops with one sentence if `optimized_metric` is not among the
     metrics the model logs, instead of reporting it after the whole training. A `test/`
     name needs `test=true` and its `val/` twin; a `train/` name is checked at the end
-    (genmodels.training.optimized_value), as are sample-quality metrics, which their
+    (genmodels.jobs.train.optimized_value), as are sample-quality metrics, which their
     callback logs on later epochs only."""
 
     def __init__(self, name: str, test: bool):

@@ -7,6 +7,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
+from genmodels.engine.lightning_private import logging_step
+
 
 def is_drawing_epoch(trainer, every_n_epochs: int) -> bool:
     """Every `every_n_epochs`-th validation epoch, on rank zero only, never in the sanity
@@ -23,15 +25,6 @@ def keep_first(kept: torch.Tensor | None, images: torch.Tensor, wanted: int) -> 
     return torch.cat([*seen, images[:wanted].detach()])[:wanted]
 
 
-def logging_step(trainer) -> int:
-    """The step Lightning logs scalars at: the number of training batches that stepped the
-    optimizers (a GAN's `global_step` counts D's and G's steps apart). Pictures logged at
-    it line up with the curves in TensorBoard; their PNG files keep the epoch."""
-    epoch_loop = getattr(trainer.fit_loop, "epoch_loop", None)
-    # A private attribute: without it, fall back to the global step.
-    return getattr(epoch_loop, "_batches_that_stepped", trainer.global_step)
-
-
 def png_path(save_dir: Path, name: str, epoch: int) -> Path:
     save_dir.mkdir(parents=True, exist_ok=True)
     return save_dir / f"{name.replace('/', '_')}_epoch{epoch:04d}.png"
@@ -39,8 +32,8 @@ def png_path(save_dir: Path, name: str, epoch: int) -> Path:
 
 def log_image_grid(trainer, name: str, images: torch.Tensor, nrow: int,
                    save_dir: Path | None) -> None:
-    """A grid of [0, 1] images to TensorBoard (when it is a logger), at the scalars' step,
-    and to a PNG file named by epoch."""
+    """A grid of [0, 1] images to TensorBoard (when it is a logger), at the scalars' step
+    (so that they line up with the curves), and to a PNG file named by epoch."""
     grid = make_grid(images.cpu(), nrow=nrow, padding=2, pad_value=1.0)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):

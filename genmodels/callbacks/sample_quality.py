@@ -6,13 +6,14 @@ import lightning as L
 import torch
 
 from genmodels.metrics.classifier import classifier_for
+from genmodels.metrics.measure import measure
 
 log = logging.getLogger(__name__)
 
 
 class SampleQuality(L.Callback):
     """Every `every_n_epochs` validation epochs, measures `num_samples` samples against
-    the validation images with `genmodels.evaluate.measure` (fd_classifier,
+    the validation images with `genmodels.metrics.measure.measure` (fd_classifier,
     kid_classifier, precision/recall/density/coverage, mode coverage, and where they
     apply reconstruction error and conditional accuracy) and logs them as val/<metric>:
     `optimized_metric=val/fd_classifier` makes a sweep minimise the Frechet distance.
@@ -41,8 +42,6 @@ class SampleQuality(L.Callback):
             pl_module.log(f"val/{name}", value, sync_dist=False)
 
     def measure(self, trainer, pl_module) -> dict[str, float]:
-        from genmodels.evaluate import measure  # evaluate imports the callbacks' package
-
         datamodule = trainer.datamodule
         if self.classifier is None:
             self.classifier = classifier_for(datamodule, self.cache_dir,

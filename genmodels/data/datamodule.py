@@ -65,7 +65,7 @@ class TensorBatchLoader:
 
     `fused` > 1 (speed.fused_batches) hands out `fused` consecutive batches of one pass as
     one concatenated batch, for models that take one optimizer step per batch inside it
-    (`GenerativeModel.fuse_batches`): the very batches, in the same order, fewer Lightning
+    (genmodels/engine/fused_batches.py): the very batches, in the same order, fewer Lightning
     steps. The last of a pass holds whatever full batches are left.
 
     Resumable: Lightning saves `state_dict()` (which pass over the data, hence which

@@ -10,12 +10,10 @@ report (about 86-87 nats for a one-layer dense VAE on dynamically binarized MNIS
 
 From the command line, on a run's validation (or test) split:
 
-    python -m genmodels.metrics.likelihood logs/runs/<run> --k 1000 --split val
+    python -m genmodels.jobs.likelihood logs/runs/<run> --k 1000 --split val
 """
 
-import argparse
 import math
-import time
 
 import torch
 
@@ -99,52 +97,3 @@ def negative_elbo(model, images: torch.Tensor, batch_size: int = 1000) -> float:
         total += -losses["elbo"].item() * len(x)
     return total / len(images)
 
-
-def split_images(run: str, split: str) -> torch.Tensor:
-    """The images of a run's dataset split, scaled as in training (and binarized the fixed
-    way for evaluation, if the run binarized)."""
-    from genmodels.callbacks.config_in_checkpoint import ConfigInCheckpoint
-    from genmodels.config import build
-    from genmodels.runs import find_checkpoint
-
-    checkpoint = torch.load(find_checkpoint(run), map_location="cpu", weights_only=False)
-    datamodule = build(checkpoint[ConfigInCheckpoint.key]["dataset"])
-    datamodule.setup()
-    if split not in datamodule.splits:
-        raise GenmodelsError(f"Unknown split {split!r}; valid choices: "
-                             f"{sorted(datamodule.splits)}.")
-    return datamodule.scale(datamodule.splits[split][0])
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m genmodels.metrics.likelihood",
-        description="ELBO and importance-sampled NLL (nats per image) of a trained VAE.")
-    parser.add_argument("run", help="run directory or checkpoint file")
-    parser.add_argument("--k", type=int, default=1000, help="importance samples per image")
-    parser.add_argument("--split", default="val", help="val, test or train")
-    parser.add_argument("--limit", type=int, default=None, help="use the first N images only")
-    parser.add_argument("--batch-size", type=int, default=20000,
-                        help="decoder passes per forward (images x samples)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    from genmodels.runs import load_model
-
-    try:
-        model = load_model(args.run, map_location=args.device)
-        images = split_images(args.run, args.split)[: args.limit]
-    except GenmodelsError as error:
-        raise SystemExit(f"Error: {error}") from None
-    torch.manual_seed(args.seed)
-    generator = torch.Generator(device=model.device).manual_seed(args.seed)
-    start = time.perf_counter()
-    elbo = negative_elbo(model, images)
-    nll = importance_sampled_nll(model, images, args.k, args.batch_size, generator)
-    seconds = time.perf_counter() - start
-    print(f"{args.split}: {len(images)} images, -ELBO {elbo:.2f} nats, "
-          f"NLL (k={args.k}) {nll:.2f} nats per image ({seconds:.0f} s)")
-
-
-if __name__ == "__main__":
-    main()

@@ -36,8 +36,8 @@ class GAN(GenerativeModel):
       2. after every `d_steps`-th D step, G takes `g_steps` steps through the frozen D.
 
     Step counting: Lightning's `global_step` counts optimizer steps (D's and G's), but in a
-    GAN `trainer.max_steps` means *generator* steps: at fit start it is converted to
-    optimizer steps, ceil(max_steps / g_steps) * (d_steps + g_steps), and restored after.
+    GAN `trainer.max_steps` means *generator* steps: the engine converts it to optimizer
+    steps with `optimizer_steps_for`, ceil(max_steps / g_steps) * (d_steps + g_steps).
     `generator_steps` and `discriminator_steps` are derived from `global_step`, so they
     survive a resume from a checkpoint.
 
@@ -63,10 +63,14 @@ class GAN(GenerativeModel):
         running statistics, which it then does not update), as `generator(noise)` does in
         Geron's Keras loop; G's own steps always run it in training mode.
     Training stops with TrainingDiverged when a loss or a gradient norm is not finite
-    (checked on logging steps and before checkpoints, see `take_step`).
+    (`watched_for_divergence`, checked by the engine's DivergenceGuard).
     """
 
     progress_bar_metrics = ("d_loss", "g_loss")
+    watched_for_divergence = {"d_loss": "discriminator loss or gradient",
+                              "d_grad_norm": "discriminator loss or gradient",
+                              "g_loss": "generator loss or gradient",
+                              "g_grad_norm": "generator loss or gradient"}
     divergence_advice = "try lower learning rates, a gradient penalty or spectral norm"
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module, latent_dim: int,
@@ -108,7 +112,6 @@ class GAN(GenerativeModel):
         if ema_decay is not None:
             self.generator_ema = copy.deepcopy(generator).requires_grad_(False)
         self._ema_statistics_stale = False  # the EMA weights moved since its BN statistics
-        self._max_steps_as_set = None
         self._labels_checked = False
 
     # ----- the algorithm ------------------------------------------------------------------
@@ -131,11 +134,10 @@ class GAN(GenerativeModel):
         d_logs = self.discriminator_losses(real, labels, fake, fake_labels)
         d_logs["d_grad_norm"] = self.take_step(d_optimizer, d_logs["d_loss"], "discriminator")
         self.untoggle_optimizer(d_optimizer)
-        self._log_losses(d_logs, "train", len(real))
 
         # Phase 2: after every `d_steps`-th D step, G steps through the frozen D.
         if self.discriminator_steps % self.d_steps:
-            return
+            return {"log": d_logs}
         for _ in range(self.g_steps):
             self.toggle_optimizer(g_optimizer)
             fake, fake_labels = self.generate(len(batch[0]))
@@ -144,7 +146,7 @@ class GAN(GenerativeModel):
             g_logs["g_grad_norm"] = self.take_step(g_optimizer, g_logs["g_loss"], "generator")
             self.untoggle_optimizer(g_optimizer)
             self.update_generator_ema()
-        self._log_losses(g_logs, "train", len(fake))
+        return {"log": d_logs | g_logs}  # logged by the engine as train/<name>
 
     @torch.no_grad()
     def fakes_for_discriminator(self, n: int):
@@ -183,15 +185,8 @@ class GAN(GenerativeModel):
         return logs
 
     def take_step(self, optimizer, loss: torch.Tensor, network: str) -> torch.Tensor:
-        """Backward and step; the gradient norm (unscaled under 16-mixed precision).
-
-        Nothing is read back from the device (a GPU sync): whether the loss and gradient
-        norm are finite is recorded there (`watch_finite`) and checked on logging steps and
-        before every checkpoint, where a NaN or infinite value stops training and no
-        checkpoint of the weights it made is written. Under 16-mixed precision a non-finite
-        step is skipped by the GradScaler, which then halves its scale: that is normal, and
-        training stops only if the scale collapses (`min_loss_scale`).
-        """
+        """Backward and step; the gradient norm (unscaled under 16-mixed precision), which
+        is logged, and watched for NaN or infinite values (`watched_for_divergence`)."""
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         params = [p for group in optimizer.param_groups for p in group["params"]
@@ -201,7 +196,6 @@ class GAN(GenerativeModel):
             # The gradients are scaled; scale(1) is the scale as a tensor on the device,
             # where get_scale() would read it back.
             grad_norm = grad_norm / scaler.scale(torch.ones_like(grad_norm))
-        self.watch_finite(f"{network} loss or gradient", loss, grad_norm)
         optimizer.step()
         return grad_norm
 
@@ -323,7 +317,6 @@ class GAN(GenerativeModel):
             self.recompute_ema_statistics()
             for name, buffer in self.generator_ema.named_buffers():
                 checkpoint["state_dict"][f"generator_ema.{name}"] = buffer.detach().clone()
-        super().on_save_checkpoint(checkpoint)  # refuses non-finite weights
 
     def grow(self, images_seen: int) -> None:
         """Progressive growing: set the stage and fade-in of G (and its EMA) and D."""
@@ -374,15 +367,10 @@ class GAN(GenerativeModel):
         return self.global_step // cycle * self.d_steps + min(self.global_step % cycle,
                                                                self.d_steps)
 
-    def on_fit_start(self):
-        loop = self.trainer.fit_loop.epoch_loop
-        self._max_steps_as_set = loop.max_steps
-        if loop.max_steps > 0:  # generator steps -> optimizer steps
-            cycles = math.ceil(loop.max_steps / self.g_steps)
-            loop.max_steps = cycles * (self.d_steps + self.g_steps)
-
-    def on_fit_end(self):
-        self.trainer.fit_loop.epoch_loop.max_steps = self._max_steps_as_set
+    def optimizer_steps_for(self, steps: int) -> int:
+        """`steps` generator steps, as optimizer steps: whole cycles of d_steps D steps and
+        g_steps G steps."""
+        return math.ceil(steps / self.g_steps) * (self.d_steps + self.g_steps)
 
     # ----- evaluation, optimizers ------------------------------------------------------------
 

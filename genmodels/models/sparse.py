@@ -1,9 +1,7 @@
 """Sparse autoencoders: many codings, few of them active for any one input."""
 
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
-from genmodels.callbacks.outputs import logging_step
 from genmodels.errors import GenmodelsError
 from genmodels.models.autoencoder import AutoEncoder
 
@@ -73,14 +71,12 @@ class SparseAutoEncoder(AutoEncoder):
         if sum(len(c) for c in self._val_codings) < self.max_histogram_images:
             self._val_codings.append(self.encode(batch[0]).float().cpu())
 
-    def on_validation_epoch_end(self) -> None:
+    def histograms(self) -> dict[str, torch.Tensor]:
+        """The coding activations of the last validation epoch, and each neuron's mean
+        activation, for TensorBoard (the engine draws them after each validation epoch)."""
         codings, self._val_codings = self._val_codings, []
-        if not codings or self.trainer.sanity_checking:
-            return
+        if not codings:
+            return {}
         codings = torch.cat(codings)
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                step = logging_step(self.trainer)
-                logger.experiment.add_histogram("codings/activations", codings, step)
-                logger.experiment.add_histogram("codings/neuron_mean_activations",
-                                                codings.mean(0), step)
+        return {"codings/activations": codings,
+                "codings/neuron_mean_activations": codings.mean(0)}

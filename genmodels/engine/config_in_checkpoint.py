@@ -3,7 +3,7 @@ import lightning as L
 
 class ConfigInCheckpoint(L.Callback):
     """Stores the run's resolved config in every checkpoint, so that a checkpoint file
-    alone is enough to rebuild its model (`genmodels.runs.load_model`)."""
+    alone is enough to rebuild its model (`genmodels.engine.runs.load_model`)."""
 
     key = "genmodels_config"
 

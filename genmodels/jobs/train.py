@@ -15,7 +15,6 @@ from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from genmodels.callbacks import ConfigInCheckpoint, ModelSummary, RNGStateInCheckpoint
 from genmodels.callbacks.interrupted_checkpoint import exit_after_signal
 from genmodels.callbacks.optimized_metric import OptimizedMetricCheck
 from genmodels.config import (
@@ -24,12 +23,23 @@ from genmodels.config import (
     check_learning_rates,
     check_override_types,
 )
-from genmodels.console import quiet_third_party
+from genmodels.engine import essential_callbacks
+from genmodels.engine.config_in_checkpoint import ConfigInCheckpoint
+from genmodels.engine.console import quiet_third_party
+from genmodels.engine.fused_batches import fuse_batches, fused_batches
+from genmodels.engine.hparams import curated_hparams, log_hparams_session
+from genmodels.engine.lightning_private import find_unused_parameters
+from genmodels.engine.model_summary import ModelSummary
+from genmodels.engine.rng_state import RNGStateInCheckpoint
+from genmodels.engine.rundirs import save_hydra_record
+from genmodels.engine.runs import (
+    OptimizerOverrides,
+    check_checkpoint,
+    latest_checkpoint,
+    resumed_config,
+)
+from genmodels.engine.speed import configure_backends, optimize_model
 from genmodels.errors import GenmodelsError, TrainingDiverged
-from genmodels.hparams import curated_hparams, log_hparams_session
-from genmodels.rundirs import save_hydra_record
-from genmodels.runs import OptimizerOverrides, check_checkpoint, latest_checkpoint, resumed_config
-from genmodels.speed import configure_backends, fuse_batches, fused_batches, optimize_model
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +73,7 @@ def choose_strategy(strategy, model: L.LightningModule):
                 return name
         return DDPStrategy(**wanted)
     if type(strategy) is DDPStrategy:  # subclasses (DeepSpeed) take other arguments
-        # DDPStrategy passes its extra arguments to DistributedDataParallel from here.
-        strategy._ddp_kwargs["find_unused_parameters"] = True
+        find_unused_parameters(strategy)
     return strategy
 
 
@@ -112,7 +121,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    callbacks += [ConfigInCheckpoint(config), RNGStateInCheckpoint(),
+    callbacks += [*essential_callbacks(), ConfigInCheckpoint(config), RNGStateInCheckpoint(),
                   OptimizerOverrides(restored_optimizer_settings)]
     if cfg.get("optimized_metric"):  # checked on the sanity pass, before training
         callbacks.append(OptimizedMetricCheck(cfg.optimized_metric, bool(cfg.get("test"))))

@@ -7,11 +7,11 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genmodels.callbacks.config_in_checkpoint import ConfigInCheckpoint
 from genmodels.config import build
+from genmodels.engine.config_in_checkpoint import ConfigInCheckpoint
+from genmodels.engine.rundirs import run_choices
 from genmodels.errors import GenmodelsError
 from genmodels.models.base import GenerativeModel
-from genmodels.rundirs import run_choices
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,14 @@ def find_checkpoint(path: str | Path) -> Path:
     if not path.is_file():
         raise GenmodelsError(f"No checkpoint at {path}: give a .ckpt file or a run directory.")
     return path
+
+
+def checkpoint_of(cfg: DictConfig) -> Path:
+    """The checkpoint a generate or evaluate command names: run=<run directory> or
+    ckpt=<checkpoint file>, exactly one."""
+    if bool(cfg.get("run")) == bool(cfg.get("ckpt")):
+        raise GenmodelsError("Give exactly one of run=<run directory> or ckpt=<checkpoint file>.")
+    return find_checkpoint(cfg.run or cfg.ckpt)
 
 
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:

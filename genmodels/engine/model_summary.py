@@ -3,7 +3,8 @@
 import logging
 
 from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
-from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+from genmodels.engine.lightning_private import format_summary_table
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ class ModelSummary(LightningModelSummary):
             columns = summary_data
         else:
             columns = [column for column in summary_data if column[0] != "FLOPs"]
-        table = _format_summary_table(total_parameters, trainable_parameters, model_size,
+        table = format_summary_table(total_parameters, trainable_parameters, model_size,
                                       total_training_modes, total_flops, *columns)
         lines = table.splitlines()
         if not total_flops:

@@ -123,33 +123,3 @@ def optimize_model(model: torch.nn.Module, speed: DictConfig | None) -> torch.nn
     return model
 
 
-def fused_batches(speed: DictConfig | None) -> int:
-    """speed.fused_batches, checked: a whole number >= 1."""
-    count = (speed or {}).get("fused_batches", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise GenmodelsError(f"speed.fused_batches must be an integer >= 1 (1: off), "
-                             f"got {count!r}.")
-    return count
-
-
-def fuse_batches(count: int, trainer, model, datamodule) -> None:
-    """`count` = speed.fused_batches = k > 1: each Lightning training step takes k consecutive
-    batches of one pass and the model steps its optimizer on each in turn (see
-    `GenerativeModel.fuse_batches`): the same training, Lightning's per-step cost paid
-    once per k batches. Lightning's own gradient clipping and accumulation do not apply
-    to such a model (it steps its optimizer itself), so they are refused with it.
-
-    Lightning counts its own steps: trainer.log_every_n_steps, the loggers' step axis and
-    the progress bar count fused batches (k optimizer steps each), so losses are logged
-    every k * log_every_n_steps optimizer steps. That is part of the saving: the
-    logging steps (`self.log` and the loggers) cost more than a small model's step."""
-    if count == 1:
-        return
-    for key, off in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
-        if getattr(trainer, key) not in (off, 0):
-            raise GenmodelsError(
-                f"speed.fused_batches={count} steps the optimizer inside the model, where "
-                f"Lightning's trainer.{key}={getattr(trainer, key)} does not apply: set "
-                f"speed.fused_batches=1 or trainer.{key}={off}.")
-    model.fuse_batches(datamodule.batch_size)
-    datamodule.fused_batches = count

@@ -8,6 +8,8 @@ conf/hydra/default.yaml, since they come before any job starts.)
 import logging
 import warnings
 
+from genmodels.engine.lightning_private import quiet_private_warnings
+
 
 class DropMessages(logging.Filter):
     """Drops the log records whose message starts with one of `prefixes`."""
@@ -21,9 +23,7 @@ class DropMessages(logging.Filter):
 
 
 def quiet_third_party() -> None:
-    # Lightning's own use of a PyTorch API that PyTorch deprecated: Lightning's to fix.
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                            module=r"lightning\.pytorch\.utilities\._pytree")
+    quiet_private_warnings()
     # evaluate.py's Inception KID keeps the features of at most num_samples images.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torchmetrics\.",
                             message=r"Metric `Kernel Inception Distance` will save all extracted")

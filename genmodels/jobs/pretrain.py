@@ -19,10 +19,10 @@ from omegaconf import DictConfig, open_dict
 
 from genmodels.config import build
 from genmodels.data import InMemoryImageDataModule
+from genmodels.engine.rundirs import save_hydra_record
+from genmodels.engine.runs import load_model
 from genmodels.errors import GenmodelsError
-from genmodels.rundirs import save_hydra_record
-from genmodels.runs import load_model
-from genmodels.training import train
+from genmodels.jobs.train import train
 
 log = logging.getLogger(__name__)
 
