@@ -1,5 +1,6 @@
 """Shared fixtures: composing configs as train.py would, and running train.py itself."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -50,6 +51,16 @@ def make_config(tmp_path):
         return compose_config(list(overrides), tmp_path / run_name)
 
     return make
+
+
+def import_benchmark(name: str):
+    """A script of benchmarks/ (outside the package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}",
+                                                  ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # Hydra finds its callbacks by module name
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_train(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

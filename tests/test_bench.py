@@ -1,4 +1,4 @@
-"""The benchmark (genmodels.bench): its bare loop does the module's math, and bad input
+"""The benchmark (benchmarks/bench.py): its bare loop does the module's math, and bad input
 gets one sentence (issues 10, 11, 13)."""
 
 import lightning as L
@@ -6,14 +6,14 @@ import pytest
 import torch
 import yaml
 
-from genmodels import bench
 from genmodels.config import build
 from genmodels.engine import essential_callbacks
 from genmodels.errors import GenmodelsError
 
-from .conftest import CONF, compose_config
+from .conftest import CONF, compose_config, import_benchmark
 from .test_gans import VARIANTS
 
+bench = import_benchmark("bench")
 GAN_CONFIGS = sorted(p.stem for p in (CONF / "model").glob("*.yaml")
                      if yaml.safe_load(p.read_text()).get("_target_") == "genmodels.models.GAN")
 # Options on top of each config's own, so that every GAN option runs in some config.

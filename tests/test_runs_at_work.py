@@ -17,7 +17,7 @@ from genmodels.config import check_override_types
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.train import train
 
-from .conftest import CONF, FAST, SMALL_DCGAN, compose_config, run_train
+from .conftest import CONF, FAST, SMALL_DCGAN, compose_config, import_benchmark, run_train
 
 TINY = [*FAST, "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "test=false"]
 
@@ -209,7 +209,7 @@ def test_optuna_sweep_with_joblib_records_a_diverged_trial_and_goes_on(tmp_path)
 
 @pytest.mark.parametrize("model", ["vae", "dcgan"])
 def test_benchmark_prints_framework_and_bare_loop_speeds(model, capsys):
-    from genmodels import bench
+    bench = import_benchmark("bench")
 
     result = bench.main([f"model={model}", "trainer=cpu", "trainer.enable_progress_bar=false",
                          "dataset.batch_size=64", "--steps", "6", "--warmup", "2",

@@ -1,6 +1,6 @@
 """Training speed through the whole framework versus a bare PyTorch loop.
 
-    python -m genmodels.bench model=dcgan dataset=digits dataset.batch_size=128
+    python benchmarks/bench.py model=dcgan dataset=digits dataset.batch_size=128
 
 The framework run is `genmodels.jobs.train.train` on the composed config (Hydra + Lightning
 + data module + the configured callbacks, loggers and progress bar, with validation and
@@ -47,7 +47,7 @@ from genmodels.models.gan import GAN
 from genmodels.nn.gan_losses import generator_loss
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-KERAS_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "keras_book.py"
+KERAS_SCRIPT = Path(__file__).resolve().parent / "keras_book.py"
 
 
 class StepTimer(L.Callback):
