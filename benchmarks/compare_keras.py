@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data" / "mnist-t10k"
-# Our side of each recipe. "dcgan-default" is `model=dcgan` as it ships (the book's recipe
-# plus label smoothing) at the book's batch size, against the book's DCGAN.
+# Our side of each recipe. "dcgan-default" is `model=dcgan` as it ships (the book's layers
+# and hyperparameters in PyTorch's terms, plus label smoothing) at the book's batch size.
 RECIPES = {"dcgan": ["experiment=dcgan_fashion"], "vae": ["experiment=vae_fashion"],
            "dcgan-default": ["model=dcgan", "dataset.batch_size=32"]}
 TRAIN, HELD_OUT, SAMPLES = 8000, 2000, 2000

@@ -6,22 +6,34 @@ from genmodels.errors import GenmodelsError
 
 
 class KerasRMSprop(torch.optim.Optimizer):
-    """RMSprop exactly as Keras 3 computes it (keras/src/optimizers/rmsprop.py):
+    """RMSprop exactly as Keras 3 computes it (keras/src/optimizers/rmsprop.py), with
+    `torch.optim.RMSprop`'s argument names (Keras' rho is alpha, its epsilon eps), so that
+    a config switches between the two by `_target_` alone:
 
-        v <- rho * v + (1 - rho) * g^2;   w <- w - lr * g / sqrt(v + epsilon)
+        v <- alpha * v + (1 - alpha) * g^2;   w <- w - lr * g / sqrt(v + eps)
 
     `torch.optim.RMSprop` divides by sqrt(v) + eps instead. With Keras' epsilon of 1e-7 the
     two differ wherever v is below ~1e-6 (gradients below ~1e-3): Keras' step is then at
     most lr * g / sqrt(1e-7), about 3,000 lr g, while PyTorch's stays about lr * sign(g)
-    however small g is (lr * sign(g) / sqrt(1 - rho) on the first step). Geron's Keras
-    recipes (DCGAN, VAE) train with this.
+    however small g is (lr * sign(g) / sqrt(1 - alpha) on the first step). Geron's Keras
+    recipes (DCGAN, VAE) train with this. `rho` and `epsilon`, the names of earlier
+    genmodels releases, are still read from configs and checkpoints.
     """
 
-    def __init__(self, params, lr: float = 1e-3, rho: float = 0.9, epsilon: float = 1e-7):
-        if lr <= 0 or not 0.0 <= rho < 1.0 or epsilon < 0:
-            raise GenmodelsError(f"KerasRMSprop needs lr > 0, 0 <= rho < 1 and epsilon >= 0, "
-                             f"got {lr}, {rho}, {epsilon}.")
-        super().__init__(params, {"lr": lr, "rho": rho, "epsilon": epsilon})
+    def __init__(self, params, lr: float = 1e-3, alpha: float = 0.9, eps: float = 1e-7, *,
+                 rho: float | None = None, epsilon: float | None = None):
+        alpha = alpha if rho is None else rho
+        eps = eps if epsilon is None else epsilon
+        if lr <= 0 or not 0.0 <= alpha < 1.0 or eps < 0:
+            raise GenmodelsError(f"KerasRMSprop needs lr > 0, 0 <= alpha < 1 and eps >= 0, "
+                                 f"got {lr}, {alpha}, {eps}.")
+        super().__init__(params, {"lr": lr, "alpha": alpha, "eps": eps})
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        renamed = {"rho": "alpha", "epsilon": "eps"}  # checkpoints of earlier releases
+        groups = [{renamed.get(key, key): value for key, value in group.items()}
+                  for group in state_dict["param_groups"]]
+        super().load_state_dict({**state_dict, "param_groups": groups})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -40,9 +52,9 @@ class KerasRMSprop(torch.optim.Optimizer):
                 if "velocity" not in state:
                     state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 velocities.append(state["velocity"])
-            torch._foreach_mul_(velocities, group["rho"])
-            torch._foreach_addcmul_(velocities, grads, grads, value=1 - group["rho"])
-            denominators = torch._foreach_add(velocities, group["epsilon"])
+            torch._foreach_mul_(velocities, group["alpha"])
+            torch._foreach_addcmul_(velocities, grads, grads, value=1 - group["alpha"])
+            denominators = torch._foreach_add(velocities, group["eps"])
             torch._foreach_sqrt_(denominators)
             torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
         return loss
