@@ -9,7 +9,7 @@ from genmodels.jobs.generate import TASKS
 
 from .conftest import CONF, ROOT
 
-README = (ROOT / "README.md").read_text()
+DOCS = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
 TRAIN_GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 
 
@@ -32,14 +32,14 @@ def examples(page: str) -> list[str]:
 
 
 @pytest.mark.parametrize("tool", ["train", "generate", "evaluate"])
-def test_help_has_a_summary_examples_from_the_readme_and_where_options_live(pages, tool):
+def test_help_has_a_summary_examples_from_the_docs_and_where_options_live(pages, tool):
     page = pages[tool]
     assert page.startswith(f"python {tool}.py ")  # the usage line, then what it does
     found = examples(page)
     assert all(line.startswith(f"python {tool}.py ") for line in found), found
     assert 5 <= len(found) <= 8, found
     for example in found:
-        assert example in README, f"not in README.md: {example}"
+        assert example in DOCS, f"not in README.md or docs/: {example}"
     assert f"conf/{'config' if tool == 'train' else tool}.yaml" in page
     assert "is powered by Hydra" not in page
 

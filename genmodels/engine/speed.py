@@ -1,4 +1,4 @@
-"""GPU speed options from the config's `speed` node (see README, "Speed").
+"""GPU speed options from the config's `speed` node (see docs/speed.md).
 
 Every option is off or neutral on CPU, where none of them helped these small models
 (measured: channels_last no change, torch.compile slower after ~40 s of warm-up).
@@ -51,7 +51,7 @@ def choose_cpu_threads(requested: int | None, jobs: int, cpus: int, busy: float,
 
     On a CPU shared with other work, PyTorch's threads wait on each other: on a busy
     2-core machine, beside another training, the default VAE ran at 0.7 to 3 it/s on two
-    threads and at 22 to 71 on one (README, "Speed").
+    threads and at 22 to 71 on one (docs/speed.md).
     """
     if requested:
         if int(requested) < 1:

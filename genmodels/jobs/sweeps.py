@@ -40,7 +40,7 @@ def metric_unit(metric: str, model: dict) -> str | None:
     family = str(model.get("_target_", "")).rsplit(".", 1)[-1]
     name = metric.split("/", 1)[-1]
     if family == "VAE":
-        # recon, kl and elbo are always in nats per image (README, "Variational
+        # recon, kl and elbo are always in nats per image (docs/models.md, "Variational
         # autoencoders"); the loss is the weighted training objective.
         return {"recon": "nats/image", "kl": "nats/image", "elbo": "nats/image",
                 "loss": "VAE objective"}.get(name)
