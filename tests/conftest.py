@@ -25,6 +25,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 # A fast, quiet trainer for tests: CPU, no progress bar, no model summary.
 FAST = ["trainer=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+# A few batches of training and validation, no test: for runs whose length does not matter.
+TINY = [*FAST, "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "test=false"]
 # A DCGAN with narrow layers: the same code paths at a fraction of the cost.
 SMALL_DCGAN = ["model.generator.widths=[16,8]", "model.discriminator.widths=[8,16]"]
 
@@ -68,3 +70,20 @@ def run_train(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Completed
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_main(*args: str) -> None:
+    """train.py's main in this process, as `python train.py args...` would run it."""
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    # Hydra finds conf/ next to the script of a `__main__` task, as when run by path.
+    script.main.__wrapped__.__module__ = "__main__"
+    GlobalHydra.instance().clear()
+    argv = sys.argv
+    sys.argv = ["train.py", *args]
+    try:
+        script.run()
+    finally:
+        sys.argv = argv
+        GlobalHydra.instance().clear()

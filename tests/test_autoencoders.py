@@ -13,6 +13,7 @@ from torch import nn
 
 from genmodels.config import build
 from genmodels.data import DigitsDataModule
+from genmodels.errors import GenmodelsError
 from genmodels.jobs.pretrain import pretrain_classifier
 from genmodels.jobs.train import train
 
@@ -251,7 +252,6 @@ def test_pretraining_classifier_can_freeze_the_encoder(tmp_path):
 
 
 def test_pretraining_needs_labels(tmp_path):
-    from genmodels.errors import GenmodelsError
     from genmodels.jobs.pretrain import keep_labelled_subset
 
     dm = DigitsDataModule()
@@ -356,3 +356,12 @@ def test_pretrained_encoder_is_reused_and_beats_training_from_scratch(tmp_path, 
     # Measured: frozen pretrained 0.85 / 0.81 vs scratch 0.81 / 0.79 (seeds 0, 1).
     assert np.mean(accuracies["pretrained"]) > np.mean(accuracies["scratch"]) + 0.01, \
         accuracies
+
+
+def test_autoencoder_samples_inside_the_range_of_its_codings(tmp_path):
+    model = build(compose_config(["model=ae"], tmp_path).model)
+    codings = model.encode(torch.rand(64, 1, 28, 28)).detach()
+    model._track_codings_range(codings)
+    model.on_train_epoch_end()
+    assert torch.equal(model.codings_low, codings.amin(0))
+    assert torch.equal(model.codings_high, codings.amax(0))

@@ -1,16 +1,21 @@
 """Bad input gets one sentence naming the bad value, never a traceback (issue 10)."""
 
 import gzip
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 
+from genmodels.config import check_override_types
 from genmodels.data import IdxDataModule
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.train import train
 
-from .conftest import FAST
+from .conftest import CONF, FAST
 from .test_data import idx_bytes, write_idx
 
 TINY = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false"]
@@ -80,15 +85,32 @@ def test_a_dense_model_on_huge_images_is_refused_before_allocating(make_config, 
         train(make_config("model=vae", *TINY, "dataset.image_size=1000"))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["speed.fused_batches=0"], r"^speed.fused_batches must be an integer >= 1 \(1: off\), got 0"),
-    (["model=dcgan", "speed.fused_batches=4"],
-     r"^speed.fused_batches applies to .* GAN has its own training step"),
-    (["speed.fused_batches=4", "trainer.gradient_clip_val=1.0"],
-     r"trainer.gradient_clip_val=1.0 does not apply: set speed.fused_batches=1 or "),
-    (["speed.fused_batches=4", "+trainer.accumulate_grad_batches=2"],
-     r"trainer.accumulate_grad_batches=2 does not apply"),
+@pytest.mark.parametrize("override, message", [
+    ("trainer.max_epochs=ten", "trainer.max_epochs takes an integer (default 30), got 'ten'"),
+    ("dataset.batch_size=1.5", "dataset.batch_size takes an integer (default 32), got 1.5"),
+    ("model.kl_weight=heavy", "model.kl_weight takes a number (default 1.0), got 'heavy'"),
+    ("test=maybe", "test takes true or false (default True), got 'maybe'"),
+    ("model.encoder.hidden_sizes=7", "takes a list such as [1, 2] (default [150, 100]), got 7"),
 ])
-def test_fused_batches_that_cannot_apply_are_refused(overrides, message, make_config):
-    with pytest.raises(GenmodelsError, match=message):
-        train(make_config(*TINY, *overrides))
+def test_overrides_of_the_wrong_type_name_the_key_and_what_it_takes(override, message):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["model=vae", override], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with pytest.raises(GenmodelsError, match=f"^{override} has the wrong type: "):
+            check_override_types()
+        with pytest.raises(GenmodelsError) as error:
+            check_override_types()
+        assert message in str(error.value)
+
+
+def test_a_missing_optimized_metric_lists_the_logged_ones_before_training(make_config):
+    cfg = make_config("model=ae", *TINY, "trainer.max_epochs=1", "optimized_metric=val/los")
+    with pytest.raises(GenmodelsError, match="optimized_metric='val/los' is not logged by this "
+                                             "model; valid choices: .*val/loss"):
+        train(cfg)
+    # Refused on the first validation pass: no training step, no checkpoint.
+    assert not list(Path(cfg.paths.output_dir).glob("checkpoints/*.ckpt"))
+    cfg = make_config("model=ae", *TINY, "optimized_metric=test/loss", run_name="test_loss")
+    with pytest.raises(GenmodelsError, match="test/ metrics need test=true"):
+        train(cfg)

@@ -95,3 +95,16 @@ def test_bench_refuses_counts_below_one(option, value, capsys):
         bench.main([option, value])
     assert exit_.value.code == 2
     assert f"argument {option}: must be an integer >= 1, got '{value}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["vae", "dcgan"])
+def test_benchmark_prints_framework_and_bare_loop_speeds(model, capsys):
+    bench = import_benchmark("bench")
+
+    result = bench.main([f"model={model}", "trainer=cpu", "trainer.enable_progress_bar=false",
+                         "dataset.batch_size=64", "--steps", "6", "--warmup", "2",
+                         "--rounds", "1"])
+    assert result["framework"] > 0 and result["bare"] > 0
+    assert result["ratio"] == pytest.approx(result["framework"] / result["bare"])  # 1 round
+    output = capsys.readouterr().out
+    assert "framework" in output and "bare PyTorch loop" in output and "ratio" in output

@@ -13,7 +13,10 @@ from genmodels.callbacks import ImageGrids
 from genmodels.config import build
 from genmodels.engine import essential_callbacks
 from genmodels.errors import GenmodelsError
-from genmodels.nn import MinibatchDiscrimination, MinibatchStdDev
+from genmodels.nn import (
+    MinibatchDiscrimination,
+    MinibatchStdDev,
+)
 from genmodels.nn.gan_layers import ReplayBuffer
 from genmodels.nn.gan_losses import discriminator_loss, generator_loss, gradient_penalty, r1_penalty
 from genmodels.nn.progan import GrowthSchedule, ProGANDiscriminator, ProGANGenerator
@@ -256,3 +259,38 @@ def test_ema_generator_averages_and_is_used_for_sampling(tmp_path):
     without = build(compose_config(["model=dcgan"], tmp_path).model)
     with pytest.raises(GenmodelsError, match="has none"):
         without.sample(2, ema=True)
+
+
+class RecordParameters(L.Callback):
+    """Snapshots G's and D's weights around each optimizer step of the first batch."""
+
+    def __init__(self):
+        self.snapshots = []
+
+    def on_train_batch_start(self, trainer, gan, batch, batch_idx):
+        def snapshot():
+            return ([p.detach().clone() for p in gan.discriminator.parameters()],
+                    [p.detach().clone() for p in gan.generator.parameters()])
+
+        self.snapshots.append(snapshot())
+        for optimizer in trainer.optimizers:
+            optimizer.register_step_post_hook(lambda *args: self.snapshots.append(snapshot()))
+
+
+def changed(before, after) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def test_gan_phases_update_only_their_own_network(tmp_path):
+    from genmodels.data import DigitsDataModule
+
+    gan = build(compose_config(["model=dcgan"], tmp_path).model)
+    recorder = RecordParameters()
+    trainer = L.Trainer(max_steps=2, limit_val_batches=0, logger=False,
+                        callbacks=[*essential_callbacks(), recorder],
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(gan, DigitsDataModule(batch_size=16, value_range=[-1.0, 1.0]))
+    (d0, g0), (d1, g1), (d2, g2) = recorder.snapshots[:3]
+    assert changed(d0, d1) and not changed(g0, g1)  # phase 1: only D
+    assert changed(g1, g2) and not changed(d1, d2)  # phase 2: only G

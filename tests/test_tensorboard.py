@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from genmodels.jobs.train import train
+from genmodels.sampling import interleave_rows
 
 from .conftest import FAST, compose_config
 
@@ -120,3 +122,11 @@ def test_image_grids_are_logged_at_the_step_of_the_scalars(mixed_logdir):
     assert [event.step for event in events.Images("samples")] == val_steps
     assert sorted(p.name for p in (run / "images").glob("samples_*.png")) == [
         "samples_epoch0000.png", "samples_epoch0001.png"]
+
+
+def test_interleave_rows_puts_each_row_of_inputs_over_its_outputs():
+    inputs = torch.arange(16.0).view(16, 1, 1, 1)
+    pairs = torch.stack([inputs, -inputs], dim=1)
+    order = interleave_rows(pairs, row_length=8).flatten().tolist()
+    assert order[:8] == list(range(8)) and order[8:16] == [-v for v in range(8)]
+    assert order[16:24] == list(range(8, 16))

@@ -1,7 +1,6 @@
 """Real (tiny) trainings through the whole framework: config -> data -> model -> logs."""
 
 import csv
-import json
 import math
 from pathlib import Path
 
@@ -13,7 +12,6 @@ from PIL import Image
 
 from genmodels.config import build
 from genmodels.engine import essential_callbacks
-from genmodels.engine.fused_batches import fuse_batches
 from genmodels.engine.runs import load_model
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.train import train
@@ -190,47 +188,6 @@ def test_train_py_runs_end_to_end_and_says_where_outputs_went(tmp_path):
     assert "View with:" in lines[-1] and "Final metrics:" in lines[-5], lines[-6:]
 
 
-def test_multirun_trains_each_job_in_its_own_directory(tmp_path):
-    # The second batch size is refused: the sweep goes on and its table says why.
-    result = run_train("-m", "model=ae,vae", "dataset.batch_size=32,-5", "trainer.max_epochs=1",
-                       "trainer.limit_train_batches=2", "trainer.enable_progress_bar=false",
-                       "test=false", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("Error: 2 of 4 jobs failed")
-    (sweep,) = (tmp_path / "logs" / "multiruns").iterdir()
-    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
-    assert jobs == ["0_ae_digits", "1_ae_digits", "2_vae_digits", "3_vae_digits"]
-    for job in ("0_ae_digits", "2_vae_digits"):
-        assert (sweep / job / "checkpoints" / "last.ckpt").exists()
-    with open(sweep / "sweep_summary.csv") as file:
-        table = list(csv.DictReader(file))
-    assert [(r["model"], r["dataset.batch_size"], r["status"]) for r in table] == [
-        ("ae", "32", "ok"), ("ae", "-5", "failed"), ("vae", "32", "ok"), ("vae", "-5", "failed")]
-    assert table[1]["error"] == "dataset.batch_size must be positive, got -5."
-    assert table[0]["val/loss [BCE/pixel]"] and table[2]["val/loss [VAE objective]"]
-    assert (sweep / "sweep_summary.md").read_text().count("| failed |") == 2
-
-
-def test_gan_trains_with_ddp_on_two_cpu_processes(tmp_path):
-    result = run_train("model=dcgan", "trainer=ddp_cpu", "trainer.max_epochs=1",
-                       "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-                       "trainer.enable_progress_bar=false", "test=false",
-                       # sample quality: measured by rank zero, shared with rank one
-                       "callbacks=quality", "callbacks.sample_quality.every_n_epochs=1",
-                       "callbacks.sample_quality.num_samples=50",
-                       "callbacks.sample_quality.classifier_epochs=1",
-                       f"callbacks.sample_quality.cache_dir={tmp_path / 'classifiers'}",
-                       cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "logs" / "runs").iterdir()  # both ranks share one run dir
-    assert (run_dir / "checkpoints" / "last.ckpt").exists()
-    assert (run_dir / "images" / "samples_epoch0000.png").exists()
-    assert (result.stdout + result.stderr).count("Training the feature classifier") == 1
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["metrics"]["val/fd_classifier"] > 0
-
-
 def test_missing_dataset_stops_with_a_clear_message(tmp_path):
     result = run_train("dataset=mnist", f"dataset.data_dir={tmp_path / 'empty'}",
                        "dataset.download=false", cwd=tmp_path)
@@ -240,126 +197,3 @@ def test_missing_dataset_stops_with_a_clear_message(tmp_path):
     assert "MNIST/raw/" in result.stderr
 
 
-@pytest.mark.parametrize("spelling", ["ddp", "ddp_spawn", "ddp_find_unused_parameters_false",
-                                      "ddp_fork", "object", "object_false", "target"])
-def test_gans_get_ddp_with_unused_parameters_however_ddp_is_spelled(spelling, make_config):
-    from lightning.pytorch.strategies import DDPStrategy
-    from omegaconf import OmegaConf
-
-    from genmodels.jobs.train import choose_strategy
-
-    strategy = {"object": DDPStrategy(), "object_false": DDPStrategy(find_unused_parameters=False),
-                "target": OmegaConf.create({"_target_": "lightning.pytorch.strategies.DDPStrategy",
-                                            "start_method": "spawn"})}.get(spelling, spelling)
-    gan = build(make_config("model=gan").model)
-    trainer = L.Trainer(accelerator="cpu", devices=2, logger=False,
-                        strategy=choose_strategy(strategy, gan))
-    assert isinstance(trainer.strategy, DDPStrategy)
-    assert trainer.strategy._ddp_kwargs["find_unused_parameters"] is True
-    # Everything else about the DDP asked for is kept.
-    start = {"ddp_spawn": "spawn", "ddp_fork": "fork", "target": "spawn"}.get(spelling, "popen")
-    assert trainer.strategy._start_method == start
-    # Models with one optimizer keep the strategy exactly as configured.
-    vae = build(make_config("model=vae").model)
-    assert choose_strategy(strategy, vae) is strategy
-
-
-STEP_LR = ["+model.scheduler._target_=torch.optim.lr_scheduler.StepLR",
-           "+model.scheduler._partial_=true", "+model.scheduler.step_size=1",
-           "+model.scheduler.gamma=0.7"]
-
-
-@pytest.mark.parametrize("model, extra", [("vae", STEP_LR), ("denoising_ae", [])])
-def test_fused_batches_train_exactly_as_one_batch_per_step(model, extra, make_config):
-    # 22 batches of 64 per epoch: fused by 4, each epoch ends on a fused batch of 2, and
-    # max_steps=27 stops inside a fused batch. Validation and the sanity pass draw from
-    # the same random stream between epochs; the LR halves (0.7) each epoch.
-    def run(fused: int):
-        cfg = make_config(f"model={model}", *FAST, "trainer.max_steps=27", "test=false",
-                          "dataset.batch_size=64", "logger=csv", "trainer.limit_val_batches=2",
-                          "trainer.log_every_n_steps=4", f"speed.fused_batches={fused}",
-                          *extra, run_name=f"fused{fused}")
-        metrics, output_dir = train(cfg), Path(cfg.paths.output_dir)
-        summary = json.loads((output_dir / "summary.json").read_text())
-        assert summary["global_step"] == 27
-        weights = load_model(output_dir / "checkpoints" / "last.ckpt").state_dict()
-        return weights, metrics, step_values(read_metrics(output_dir), "train/loss_step")
-
-    (one, one_metrics, _), (fused, fused_metrics, fused_logged) = run(1), run(4)
-    for (name, a), b in zip(one.items(), fused.values(), strict=True):
-        assert torch.equal(a, b), name
-    for name in ("train/loss_epoch", "val/loss"):  # the mean of the same 22 steps
-        assert fused_metrics[name] == one_metrics[name]
-    # trainer.log_every_n_steps=4 counts fused batches: 6 in the first epoch (the last of
-    # 2 batches), 2 in the second (of 4 batches, then 1), so 2 logging steps of 8.
-    assert len(fused_logged) == 2
-
-
-class GradientNorms(L.Callback):
-    """The gradient norm Lightning shows a callback before each optimizer step."""
-
-    def __init__(self):
-        self.norms = []
-
-    def on_before_optimizer_step(self, trainer, module, optimizer):
-        grads = [p.grad.flatten() for p in module.parameters() if p.grad is not None]
-        self.norms.append(torch.cat(grads).norm().item())
-
-
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_fused_batches_call_the_gradient_hooks_only_when_implemented(precision, make_config,
-                                                                     monkeypatch):
-    # Calling Lightning's gradient hooks on every callback costs ~0.2 ms per optimizer
-    # step: fused batches skip that when no callback implements one, and train as before;
-    # a callback that does sees every optimizer step, as without fused batches.
-    from lightning.pytorch.trainer import call
-
-    dispatched, dispatch = [], call._call_callback_hooks
-
-    def recording_dispatch(trainer, hook, *args, **kwargs):
-        dispatched.append(hook)
-        return dispatch(trainer, hook, *args, **kwargs)
-
-    monkeypatch.setattr(call, "_call_callback_hooks", recording_dispatch)
-
-    def fit(fused: int, callbacks: list) -> tuple[L.Trainer, dict]:
-        cfg = make_config("model=vae", "dataset.batch_size=16", run_name=f"fused{fused}")
-        L.seed_everything(0)
-        model, datamodule = build(cfg.model), build(cfg.dataset)
-        trainer = L.Trainer(max_steps=8, limit_val_batches=0, logger=False,
-                            enable_progress_bar=False, enable_model_summary=False,
-                            enable_checkpointing=False, accelerator="cpu",
-                            precision=precision, callbacks=[*essential_callbacks(), *callbacks])
-        fuse_batches(fused, trainer, model, datamodule)
-        trainer.fit(model, datamodule)
-        return trainer, model.state_dict()
-
-    trainer, plain = fit(4, [])
-    steps = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.total
-    assert "on_train_batch_end" in dispatched and "on_before_backward" not in dispatched
-    assert steps.ready == steps.completed == 8  # Lightning's count of optimizer steps
-    one, fused = GradientNorms(), GradientNorms()
-    _, unfused = fit(1, [one])
-    fit(4, [fused])
-    assert len(fused.norms) == 8 and fused.norms == one.norms
-    for (name, a), b in zip(unfused.items(), plain.values(), strict=True):
-        assert torch.equal(a, b), name
-
-
-@pytest.mark.slow
-def test_fused_batches_under_ddp_sync_every_optimizer_step(tmp_path):
-    # Each process sees its own half of every batch: a fused step whose later optimizer
-    # steps skipped DDP's gradient all-reduce would end with other weights.
-    def run(fused: int) -> dict:
-        run_dir = tmp_path / f"fused{fused}"
-        result = run_train("model=vae", "trainer=ddp_cpu", "trainer.max_steps=14",
-                           "trainer.enable_progress_bar=false", "test=false", "logger=csv",
-                           "dataset.batch_size=32", f"speed.fused_batches={fused}",
-                           f"hydra.run.dir={run_dir}", cwd=tmp_path)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-
-    one, fused = run(1), run(3)
-    assert one["global_step"] == fused["global_step"] == 14
-    for (name, a), b in zip(one["state_dict"].items(), fused["state_dict"].values(), strict=True):
-        assert torch.equal(a, b), name

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from torch.distributions import Normal, kl_divergence
 
 from genmodels import latent
 from genmodels.config import build
@@ -20,7 +21,11 @@ from genmodels.metrics.likelihood import (
     importance_sampled_nll_per_image,
     negative_elbo,
 )
-from genmodels.nn.losses import kl_to_standard_normal
+from genmodels.nn.losses import (
+    bernoulli_nll,
+    gaussian_nll,
+    kl_to_standard_normal,
+)
 
 from .conftest import FAST, compose_config
 
@@ -289,3 +294,39 @@ def test_beta_vae_capacity_grows_to_its_target_and_then_stays(tmp_path):
     assert losses["capacity"].item() == pytest.approx(25)
     expected = losses["recon"] + 4 * (losses["kl"] - 25).abs()
     assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_kl_matches_torch_distributions():
+    mean, logvar = torch.randn(6, 4), torch.randn(6, 4)
+    expected = kl_divergence(Normal(mean, (0.5 * logvar).exp()), Normal(0.0, 1.0)).sum(1)
+    assert torch.allclose(kl_to_standard_normal(mean, logvar), expected, atol=1e-5)
+    assert torch.all(kl_to_standard_normal(torch.zeros(2, 3), torch.zeros(2, 3)) == 0)
+
+
+def test_likelihoods_match_torch_distributions():
+    x = torch.rand(3, 1, 4, 4)
+    logits = torch.randn(3, 1, 4, 4)
+    binary = (x > 0.5).float()
+    expected = -torch.distributions.Bernoulli(logits=logits).log_prob(binary).flatten(1).sum(1)
+    assert torch.allclose(bernoulli_nll(logits, binary), expected, atol=1e-5)
+    expected = -Normal(logits, 0.3).log_prob(x).flatten(1).sum(1)
+    assert torch.allclose(gaussian_nll(logits, x, 0.3), expected, atol=1e-4)
+
+
+def test_vae_losses_are_nats_per_image_and_elbo_ignores_the_kl_weight(tmp_path):
+    model = build(compose_config(["model=vae", "model.kl_weight=0.25"], tmp_path).model)
+    x = torch.rand(8, 1, 28, 28)
+    torch.manual_seed(0)
+    losses = model.losses((x, None))
+    assert torch.allclose(losses["loss"], losses["recon"] + 0.25 * losses["kl"])
+    assert torch.allclose(losses["elbo"], -(losses["recon"] + losses["kl"]))
+    # An untrained Bernoulli decoder costs about log(2) nats per pixel.
+    assert 0.5 * 784 * math.log(2) < losses["recon"] < 2 * 784 * math.log(2)
+    mean, logvar = model.posterior(x)
+    assert mean.shape == logvar.shape == (8, 10)
+
+
+def test_vae_refuses_bernoulli_on_minus_one_to_one_images(tmp_path):
+    cfg = compose_config(["model=vae", "model.value_range=[-1.0,1.0]"], tmp_path)
+    with pytest.raises(GenmodelsError, match="bernoulli needs value_range"):
+        build(cfg.model)

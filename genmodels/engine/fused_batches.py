@@ -10,6 +10,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig
 
 from genmodels.engine.lightning_private import counted_optimizer_step
+from genmodels.engine.random_streams import random_streams
 from genmodels.errors import GenmodelsError
 from genmodels.models.base import GenerativeModel
 
@@ -67,6 +68,7 @@ def fused_training_step(model: GenerativeModel, batch_size: int, batch, batch_id
     trainer = model.trainer
     optimizer, max_steps = model.optimizers(), trainer.max_steps
     plain = plain_steps_do_the_same(trainer, model)
+    streams = random_streams(trainer)
     step_logs = []
     for part in zip(*(part.split(batch_size) for part in batch), strict=True):
         if 0 <= max_steps <= model.global_step:
@@ -82,6 +84,8 @@ def fused_training_step(model: GenerativeModel, batch_size: int, batch, batch_id
             model.manual_backward(losses["loss"])
             optimizer.step()
         step_schedulers(trainer, "step")
+        if streams is not None:  # each optimizer step draws as it would unfused
+            streams.reseed(trainer, model)
     if not step_logs:
         return None
     return {"log": {name: torch.stack([logs[name] for logs in step_logs])

@@ -30,7 +30,6 @@ from genmodels.engine.fused_batches import fuse_batches, fused_batches
 from genmodels.engine.hparams import curated_hparams, log_hparams_session
 from genmodels.engine.lightning_private import find_unused_parameters
 from genmodels.engine.model_summary import ModelSummary
-from genmodels.engine.rng_state import RNGStateInCheckpoint
 from genmodels.engine.rundirs import save_hydra_record
 from genmodels.engine.runs import (
     OptimizerOverrides,
@@ -121,7 +120,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    callbacks += [*essential_callbacks(), ConfigInCheckpoint(config), RNGStateInCheckpoint(),
+    callbacks += [*essential_callbacks(cfg.seed), ConfigInCheckpoint(config),
                   OptimizerOverrides(restored_optimizer_settings)]
     if cfg.get("optimized_metric"):  # checked on the sanity pass, before training
         callbacks.append(OptimizedMetricCheck(cfg.optimized_metric, bool(cfg.get("test"))))

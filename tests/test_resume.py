@@ -1,25 +1,22 @@
-"""Sweeps, resuming, interruptions and bad input: the framework at work (issue 7)."""
+"""Resuming: a resumed run ends with the uninterrupted run's weights (after its last epoch,
+SIGTERM or Ctrl-C); overrides at resume; damaged or mismatched checkpoints named."""
 
 import json
 import os
+import re
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
-from genmodels.config import check_override_types
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.train import train
 
-from .conftest import CONF, FAST, SMALL_DCGAN, compose_config, import_benchmark, run_train
-
-TINY = [*FAST, "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "test=false"]
+from .conftest import FAST, SMALL_DCGAN, TINY, compose_config, run_main, run_train
 
 
 def weights(run_dir: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
@@ -141,80 +138,85 @@ def test_corrupt_or_mismatched_checkpoints_are_named_and_the_run_is_kept(tmp_pat
         train(compose_config([f"resume={run_dir}", "model=dcgan"], run_dir))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("trainer.max_epochs=ten", "trainer.max_epochs takes an integer (default 30), got 'ten'"),
-    ("dataset.batch_size=1.5", "dataset.batch_size takes an integer (default 32), got 1.5"),
-    ("model.kl_weight=heavy", "model.kl_weight takes a number (default 1.0), got 'heavy'"),
-    ("test=maybe", "test takes true or false (default True), got 'maybe'"),
-    ("model.encoder.hidden_sizes=7", "takes a list such as [1, 2] (default [150, 100]), got 7"),
-])
-def test_overrides_of_the_wrong_type_name_the_key_and_what_it_takes(override, message):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=["model=vae", override], return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with pytest.raises(GenmodelsError, match=f"^{override} has the wrong type: "):
-            check_override_types()
-        with pytest.raises(GenmodelsError) as error:
-            check_override_types()
-        assert message in str(error.value)
+def test_sigterm_exits_143_after_saving_and_says_how_to_resume(tmp_path):
+    killer = "tests.test_resume.SendSignal"
+    result = run_train("model=ae", *FAST, "trainer.max_epochs=50", "trainer.limit_val_batches=1",
+                       "test=false", "callbacks.image_grids=null", "logger=csv",
+                       f"+callbacks.killer._target_={killer}",
+                       f"+callbacks.killer.signal_number={int(signal.SIGTERM)}",
+                       "+callbacks.killer.after_batches=3", cwd=tmp_path)
+    assert result.returncode == 143, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "runs").iterdir()
+    assert (run_dir / "checkpoints" / "interrupted.ckpt").is_file()
+    output = result.stdout + result.stderr
+    assert f"python train.py resume={run_dir.absolute()}" in output
+    assert "Traceback" not in output
 
 
-def test_a_missing_optimized_metric_lists_the_logged_ones_before_training(make_config):
-    cfg = make_config("model=ae", *TINY, "trainer.max_epochs=1", "optimized_metric=val/los")
-    with pytest.raises(GenmodelsError, match="optimized_metric='val/los' is not logged by this "
-                                             "model; valid choices: .*val/loss"):
-        train(cfg)
-    # Refused on the first validation pass: no training step, no checkpoint.
-    assert not list(Path(cfg.paths.output_dir).glob("checkpoints/*.ckpt"))
-    cfg = make_config("model=ae", *TINY, "optimized_metric=test/loss", run_name="test_loss")
-    with pytest.raises(GenmodelsError, match="test/ metrics need test=true"):
-        train(cfg)
+def test_resume_applies_learning_rates_and_the_runs_own_keys_and_refuses_the_rest(tmp_path):
+    from genmodels.engine.rundirs import with_run_choices
+    from genmodels.jobs.train import train
+
+    run_dir = tmp_path / "dcgan_run"
+    tiny = ["model=dcgan", *FAST, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "test=false", "callbacks.image_grids=null", "logger=csv"]
+    train(compose_config([*tiny, "trainer.max_epochs=1"], run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    first_step = torch.load(last, weights_only=False)["global_step"]
+
+    def resume(*overrides: str):
+        # As train.py composes it: the run's groups (model=dcgan, ...) added.
+        return train(compose_config(with_run_choices([f"resume={run_dir}", *overrides]),
+                                    run_dir))
+
+    for refused, reason in [("seed=3", "seed=3 cannot apply when resuming: the run continues"),
+                            ("model=gan", "model=gan cannot change it (the run has "
+                                            "model=dcgan)"),
+                            ("model.d_optimizer._target_=torch.optim.SGD", "start a new run "
+                                                                           "to change optimizer")]:
+        with pytest.raises(GenmodelsError, match=re.escape(reason)):
+            resume(refused)
+    # The GAN's own key, without `+`, and one network's learning rate, through train.py.
+    run_main(f"resume={run_dir}", "model.label_smoothing=0.1", "model.d_optimizer.lr=1e-4",
+             "trainer.max_epochs=2")
+    checkpoint = torch.load(last, weights_only=False)
+    d_state, g_state = checkpoint["optimizer_states"]  # the GAN's optimizer_nodes order
+    assert d_state["param_groups"][0]["lr"] == 1e-4
+    assert g_state["param_groups"][0]["lr"] == 1e-3  # the configured rate, kept
+    assert checkpoint["global_step"] == 2 * first_step  # it went on: a second epoch
+    assert checkpoint["genmodels_config"]["model"]["label_smoothing"] == 0.1
 
 
-def test_slurm_launcher_and_every_search_and_preset_compose(tmp_path):
-    cfg = compose_config(["hydra/launcher=slurm", "hparams_search=dcgan_optuna"], tmp_path)
-    launcher = HydraConfig.get().launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert launcher.gpus_per_node == launcher.tasks_per_node == cfg.trainer.devices
-    assert launcher.nodes == cfg.trainer.num_nodes
-    assert HydraConfig.get().sweeper._target_.endswith("OptunaSweeper")
-    for search in (CONF / "hparams_search").glob("*.yaml"):
-        cfg = compose_config([f"hparams_search={search.stem}"], tmp_path)
-        assert cfg.optimized_metric
-    for preset in ("vae_fashion", "dcgan_fashion"):
-        cfg = compose_config([f"experiment={preset}"], tmp_path)
-        assert cfg.dataset._target_.endswith("FashionMNISTDataModule")
+def test_resume_keeps_fused_and_unfused_training_apart(tmp_path):
+    from genmodels.engine.rundirs import with_run_choices
+    from genmodels.jobs.train import train
+
+    run_dir = tmp_path / "run"
+    tiny = ["model=vae", *FAST, "test=false", "logger=csv", "trainer.limit_val_batches=1",
+            "dataset.batch_size=64"]
+    train(compose_config([*tiny, "trainer.max_steps=10", "speed.fused_batches=4"], run_dir))
+    last = run_dir / "checkpoints" / "last.ckpt"
+
+    def resume(*overrides: str):
+        return train(compose_config(with_run_choices([f"resume={run_dir}", *overrides]),
+                                    run_dir))
+
+    # Lightning would restart the step count at 0 (and train 20 more steps).
+    with pytest.raises(GenmodelsError, match=r"was trained with speed.fused_batches=4, .* "
+                                             r"continue it with any speed.fused_batches above 1"):
+        resume("speed.fused_batches=1", "trainer.max_steps=20")
+    resume("speed.fused_batches=3", "trainer.max_steps=20")
+    assert torch.load(last, weights_only=False)["global_step"] == 20
 
 
-def test_optuna_sweep_with_joblib_records_a_diverged_trial_and_goes_on(tmp_path):
-    # Two trials in parallel (joblib); the sampler's seed makes one draw lr=1e6 (diverges).
-    result = run_train("hparams_search=vae_optuna", "hydra/launcher=joblib",
-                       "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
-                       "hydra.sweeper.n_trials=2", "model.optimizer.lr=choice(1e-3, 1e6)",
-                       "trainer.max_epochs=1", *TINY[1:], "callbacks.image_grids=null",
-                       cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (sweep,) = (tmp_path / "logs" / "multiruns").iterdir()
-    table = (sweep / "sweep_summary.md").read_text().splitlines()
-    assert table[0].startswith("| job | status | best |") and "| model.optimizer.lr |" in table[0]
-    statuses = sorted(line.split(" | ")[1] for line in table[2:4])
-    assert statuses == ["diverged", "ok"], table
-    assert (sweep / "sweep_summary.csv").exists()
-    results = (sweep / "optimization_results.yaml").read_text()
-    assert "model.optimizer.lr: 0.001" in results
-    for job in sweep.glob("[01]_vae_digits"):
-        assert (job / ".hydra" / "config.yaml").exists() and (job / "summary.json").exists()
+def test_generate_and_evaluate_take_the_newest_checkpoint_interrupted_included(tmp_path):
+    from genmodels.engine.runs import find_checkpoint
 
-
-@pytest.mark.parametrize("model", ["vae", "dcgan"])
-def test_benchmark_prints_framework_and_bare_loop_speeds(model, capsys):
-    bench = import_benchmark("bench")
-
-    result = bench.main([f"model={model}", "trainer=cpu", "trainer.enable_progress_bar=false",
-                         "dataset.batch_size=64", "--steps", "6", "--warmup", "2",
-                         "--rounds", "1"])
-    assert result["framework"] > 0 and result["bare"] > 0
-    assert result["ratio"] == pytest.approx(result["framework"] / result["bare"])  # 1 round
-    output = capsys.readouterr().out
-    assert "framework" in output and "bare PyTorch loop" in output and "ratio" in output
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    for age, name in [(30, "epoch_010.ckpt"), (20, "last.ckpt"), (10, "interrupted.ckpt")]:
+        (checkpoints / name).write_bytes(b"")
+        os.utime(checkpoints / name, (time.time() - age, time.time() - age))
+    assert find_checkpoint(tmp_path / "run") == checkpoints / "interrupted.ckpt"
+    os.utime(checkpoints / "last.ckpt")  # the resumed run saved again since
+    assert find_checkpoint(tmp_path / "run") == checkpoints / "last.ckpt"
