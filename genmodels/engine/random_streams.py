@@ -18,9 +18,10 @@ class RandomStreams(L.Callback):
       from any checkpoint (after SIGTERM, Ctrl-C or a SLURM requeue) draws exactly what the
       uninterrupted run drew, on every rank, with no generator state to save or restore.
 
-    Seeding happens when training starts, at each epoch's start and after each batch, before the next batch is
-    moved to its device (where dynamic binarization draws); a model that takes several
-    optimizer steps per batch (fused batches) calls `reseed` after each. The data order
+    Seeding happens when training starts, at each epoch's start and after each batch,
+    before the next batch is moved to its device (where dynamic binarization draws); a
+    model that takes several optimizer steps per batch (fused batches) calls `reseed` after
+    each. The data order
     does not come from here: it is one seeded permutation per epoch, split across ranks.
     """
 

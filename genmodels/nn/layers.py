@@ -1,6 +1,5 @@
 """Small layers shared by every architecture."""
 
-import contextlib
 import math
 
 import torch
@@ -56,40 +55,6 @@ class ELU(nn.Module):
         return f"alpha={self.alpha:.4g}, scale={self.scale:.4g}"
 
 
-class _ConvWithoutOneDNN(torch.autograd.Function):
-    """A convolution (or transposed one), forward and backward, with oneDNN switched off:
-    PyTorch's own CPU kernels. See `Conv2d`."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, output_padding, transposed):
-        ctx.save_for_backward(x, weight)
-        ctx.bias_sizes = None if bias is None else list(bias.shape)
-        ctx.geometry = stride, padding, output_padding, transposed
-        with _onednn_off():
-            return torch.ops.aten.convolution(x, weight, bias, stride, padding, [1, 1],
-                                              transposed, output_padding, 1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        stride, padding, output_padding, transposed = ctx.geometry
-        with _onednn_off():  # the backward pass picks its kernels anew
-            grads = torch.ops.aten.convolution_backward(
-                grad, x, weight, ctx.bias_sizes, stride, padding, [1, 1], transposed,
-                output_padding, 1, list(ctx.needs_input_grad[:3]))
-        return *grads, None, None, None, None
-
-
-@contextlib.contextmanager
-def _onednn_off():
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
-
-
 def _runs_without_onednn(conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and min(conv.in_channels, conv.out_channels) <= 3
             and conv.groups == 1 and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
@@ -103,14 +68,16 @@ class Conv2d(nn.Conv2d):
     they save for so few channels: a DCGAN discriminator's first layer (1 -> 64 channels,
     5x5, stride 2, batch 128) took 32 ms forward and backward with oneDNN against 18 ms
     without, its generator's last (64 -> 1, transposed) 50 ms against 17 (one core).
-    Such layers run without it; the numbers are the same up to float rounding.
+    Such layers call PyTorch's own CPU kernel (the one it picks with oneDNN switched off)
+    directly: the choice is this call's alone, with no process-wide switch that another
+    thread would see. The numbers are PyTorch's; gradients of gradients work (R1, WGAN-GP).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _runs_without_onednn(self, x):
             return super().forward(x)
-        return _ConvWithoutOneDNN.apply(x, self.weight, self.bias, self.stride, self.padding,
-                                        (0, 0), False)
+        return torch.ops.aten.thnn_conv2d(x, self.weight, list(self.kernel_size), self.bias,
+                                          list(self.stride), list(self.padding))
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
@@ -119,8 +86,9 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if output_size is not None or not _runs_without_onednn(self, x):
             return super().forward(x, output_size)
-        return _ConvWithoutOneDNN.apply(x, self.weight, self.bias, self.stride, self.padding,
-                                        self.output_padding, True)
+        return torch.ops.aten.slow_conv_transpose2d(
+            x, self.weight, list(self.kernel_size), self.bias, list(self.stride),
+            list(self.padding), list(self.output_padding), [1, 1])
 
 
 ACTIVATIONS = {
