@@ -111,14 +111,21 @@ def parallel_jobs(cpus: int | None) -> int:
 
 def optimize_model(model: torch.nn.Module, speed: DictConfig | None) -> torch.nn.Module:
     """channels_last weights (convolutions then run in NHWC) and `torch.compile` of each
-    network, in place, so parameter names and checkpoints stay the same."""
+    network, in place, so parameter names and checkpoints stay the same. A network the
+    model differentiates twice (a GAN's D under a gradient penalty: `twice_differentiated`)
+    stays eager: torch.compile's autograd cannot take a double backward, and would fail
+    only after compiling for minutes."""
     if not speed:
         return model
     if speed.get("channels_last"):
         model.to(memory_format=torch.channels_last)
     if speed.get("compile"):
-        for network in model.children():
-            if any(True for _ in network.parameters()):
+        eager = set(getattr(model, "twice_differentiated", lambda: ())())
+        for name, network in model.named_children():
+            if name in eager:
+                log.info("speed.compile: %s stays uncompiled (its gradient penalty needs a "
+                         "double backward, which torch.compile cannot take).", name)
+            elif any(True for _ in network.parameters()):
                 network.compile(mode=speed.get("compile_mode") or None)
     return model
 

@@ -202,6 +202,11 @@ class GAN(GenerativeModel):
     def training_progress(self) -> str:
         return f"generator step {self.generator_steps}"
 
+    def twice_differentiated(self) -> tuple[str, ...]:
+        """The networks whose gradient is differentiated again: D under a gradient penalty
+        (speed.compile leaves them eager)."""
+        return ("discriminator",) if self.penalty is not None else ()
+
     # ----- generator, discriminator, sampling ----------------------------------------------
 
     def generate(self, n: int, network: nn.Module | None = None, generator=None, labels=None,

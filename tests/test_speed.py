@@ -1,16 +1,20 @@
-"""The default number of PyTorch CPU threads (`speed.cpu_threads=null`) on a shared machine."""
+"""engine/speed.py: the default number of PyTorch CPU threads (`speed.cpu_threads=null`) on a
+shared machine, and what `speed.compile` compiles."""
 
 import logging
+import math
 import os
 
 import pytest
 import torch
 
+from genmodels.config import build
 from genmodels.engine import speed
 from genmodels.engine.speed import choose_cpu_threads, configure_backends, parallel_jobs
 from genmodels.errors import GenmodelsError
+from genmodels.jobs.train import train
 
-from .conftest import compose_config
+from .conftest import SMALL_DCGAN, TINY, compose_config
 
 
 @pytest.mark.parametrize(("busy", "cpus", "expected"), [
@@ -81,3 +85,33 @@ def test_configure_backends_sets_and_says_the_chosen_count(monkeypatch, caplog):
                 "set speed.cpu_threads to change).") in caplog.text
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("model, compiled", [("wgan_gp", ["generator"]),
+                                             ("dcgan", ["generator", "discriminator"]),
+                                             ("vae", ["encoder", "decoder", "to_posterior"])])
+def test_compile_leaves_networks_under_a_gradient_penalty_eager(model, compiled, monkeypatch,
+                                                                 tmp_path):
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append(self))
+    built = build(compose_config([f"model={model}", "speed.compile=true"], tmp_path).model)
+    speed.optimize_model(built, compose_config(["speed.compile=true"], tmp_path).speed)
+    names = {id(module): name for name, module in built.named_children()}
+    assert [names[id(module)] for module in calls] == compiled
+
+
+# One model of each family; wgan_gp and the dcgan variant train under a gradient penalty
+# (WGAN-GP, R1), whose D stays eager.
+COMPILED = {"ae": [], "vae": [], "gan": [], "wgan_gp": [*SMALL_DCGAN],
+            "dcgan": [*SMALL_DCGAN, "model.penalty=r1", "model.penalty_weight=1.0"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", sorted(COMPILED))
+def test_every_family_compiles_and_trains_on_the_cpu(model, tmp_path):
+    cfg = compose_config([f"model={model}", *COMPILED[model], *TINY, "speed.compile=true",
+                          "trainer.max_steps=3", "callbacks.image_grids=null", "logger=csv"],
+                         tmp_path / "run")
+    metrics = train(cfg)
+    losses = {k: v for k, v in metrics.items() if k.startswith("val/") and "loss" in k}
+    assert losses and all(math.isfinite(v) for v in losses.values()), metrics
