@@ -4,17 +4,22 @@ and a resumed run ends with the uninterrupted run's weights."""
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from lightning.fabric.plugins.environments.lightning import find_free_network_port
 
 from genmodels.config import build
 from genmodels.engine.random_streams import RandomStreams
+from genmodels.jobs.train import train
 
-from .conftest import SMALL_DCGAN, run_train
+from .conftest import FAST, ROOT, SMALL_DCGAN, run_train
 
 DDP_GAN = ["model=dcgan", *SMALL_DCGAN, "trainer=ddp_cpu", "trainer.enable_progress_bar=false",
            "trainer.limit_val_batches=1", "test=false", "logger=csv", "dataset.batch_size=16",
@@ -127,3 +132,79 @@ def test_ddp_run_resumed_ends_with_the_uninterrupted_weights(tmp_path):
     expected, actual = last_weights(tmp_path / "straight"), last_weights(tmp_path / "resumed")
     differing = [k for k in expected if not torch.equal(expected[k], actual[k])]
     assert not differing, differing[:5]
+
+
+def torchrun_nodes(*args: str, cwd: Path, nodes: int = 2) -> list[subprocess.CompletedProcess]:
+    """`train.py args` as `nodes` one-process nodes (torchrun, a rendezvous on localhost),
+    all at once, as a cluster would start them."""
+    port = str(find_free_network_port())
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+               "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}"]
+    processes = [subprocess.Popen([*command, f"--node-rank={rank}", str(ROOT / "train.py"),
+                                   *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for rank in range(nodes)]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+@pytest.mark.slow
+def test_two_nodes_train_into_one_run_and_resume_it(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["model=vae", "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2",
+            "trainer.limit_train_batches=4", "trainer.limit_val_batches=1", "test=false",
+            "trainer.enable_progress_bar=false", "logger=csv"]
+    for step in ([*args, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"],
+                 [f"resume={run_dir}", "trainer.max_epochs=2"]):
+        node0, node1 = torchrun_nodes(*step, cwd=tmp_path)
+        errors = node0.stderr[-2000:] + node1.stderr[-2000:]
+        assert node0.returncode == node1.returncode == 0, errors
+        # Rank zero alone reports (and writes the run's records and checkpoints).
+        assert "Run directory:" in node0.stdout + node0.stderr
+        assert "Run directory:" not in node1.stdout + node1.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["run"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert len(list((run_dir / ".hydra").glob("resumed_*"))) == 1
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 8)  # 2 epochs of 4 steps
+
+
+SLURM_TASK = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2",
+              "SLURM_PROCID": "1", "SLURM_LOCALID": "0", "SLURM_NODEID": "1",
+              "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "genmodels",
+              "SLURM_NODELIST": "node[1-2]"}
+
+
+def test_under_srun_lightning_takes_ranks_and_world_size_from_slurm(monkeypatch, make_config):
+    from lightning.fabric.utilities.rank_zero import rank_zero_only as fabric_rank_zero_only
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+    from lightning.pytorch.utilities import rank_zero_only
+
+    for function in (rank_zero_only, fabric_rank_zero_only):  # the Trainer sets them to 1
+        monkeypatch.setattr(function, "rank", function.rank)
+    for name, value in SLURM_TASK.items():
+        monkeypatch.setenv(name, value)
+    cfg = make_config("model=vae", "trainer=ddp_cpu", "trainer.devices=1",
+                      "trainer.num_nodes=2")
+    trainer = build(cfg.trainer, logger=False)
+    environment = trainer.strategy.cluster_environment
+    assert isinstance(environment, SLURMEnvironment)
+    assert (environment.global_rank(), environment.world_size(),
+            environment.node_rank(), environment.local_rank()) == (1, 2, 1, 0)
+    assert environment.main_address == "node1"
+
+
+def test_a_requeued_slurm_job_continues_from_its_newest_checkpoint(monkeypatch, make_config):
+    args = ["model=ae", *FAST, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "test=false", "logger=csv"]
+    first = make_config(*args, "trainer.max_epochs=1")
+    train(first)
+    # The requeued job runs the same command again, in its own directory.
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    metrics = train(make_config(*args, "trainer.max_epochs=2"))
+    summary = json.loads((Path(first.paths.output_dir) / "summary.json").read_text())
+    assert (summary["epochs"], summary["global_step"]) == (2, 4) and metrics
