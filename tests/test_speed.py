@@ -113,5 +113,5 @@ def test_every_family_compiles_and_trains_on_the_cpu(model, tmp_path):
                           "trainer.max_steps=3", "callbacks.image_grids=null", "logger=csv"],
                          tmp_path / "run")
     metrics = train(cfg)
-    losses = {k: v for k, v in metrics.items() if k.startswith("val/") and "loss" in k}
+    losses = {k: v for k, v in metrics.items() if k.startswith("train/") and "loss" in k}
     assert losses and all(math.isfinite(v) for v in losses.values()), metrics
