@@ -314,27 +314,9 @@ def positive_int(minimum: int):
     return parse
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("overrides", nargs="*", help="config overrides, as for train.py")
-    parser.add_argument("--steps", type=positive_int(1), default=200,
-                        help="measured batches per round")
-    # At least one: the first batch pays for one-time setup (allocations, lazy init).
-    parser.add_argument("--warmup", type=positive_int(1), default=20,
-                        help="unmeasured batches first (>= 1)")
-    parser.add_argument("--rounds", type=positive_int(1), default=3,
-                        help="framework/bare alternations")
-    parser.add_argument("--compare", choices=["keras"], default=None,
-                        help="also time the seed text's Keras code (a third column)")
-    parser.add_argument("--keras-python", default=None,
-                        help="with --compare keras: a Python that has TensorFlow")
-    args = parser.parse_args(argv)
-    if args.compare and not args.keras_python:
-        raise GenmodelsError("--compare keras needs --keras-python <a Python with "
-                             "TensorFlow>, e.g. a virtualenv's bin/python (genmodels "
-                             "itself does not depend on TensorFlow).")
-    overrides = ["logger=csv", *args.overrides]
+def measure(overrides: list[str], args) -> dict[str, list[float]]:
+    """Images per second of each runner (framework, bare, maybe Keras), per round."""
+    overrides = ["logger=csv", *overrides]
     runners = ["framework", "bare"] + (["keras"] if args.compare else [])
     speeds = {name: [] for name in runners}
     with tempfile.TemporaryDirectory() as tmp:
@@ -355,10 +337,81 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             print(f"round {round_ + 1}: " + ", ".join(
                 f"{name} {values[-1]:.0f} images/s" for name, values in speeds.items()),
                 flush=True)
-    # The ratio of each round's pair, whose runs shared the machine's load, then median.
+    return speeds
+
+
+def summarize(speeds: dict[str, list[float]]) -> dict[str, float]:
+    """Medians of each runner, and the median of the rounds' framework/bare ratios (the
+    two runs of a round shared the machine's load)."""
     result = {name: statistics.median(values) for name, values in speeds.items()}
     result["ratio"] = statistics.median(
         f / b for f, b in zip(speeds["framework"], speeds["bare"], strict=True))
+    return result
+
+
+# Networks so small that a step's compute is near zero: what remains is each loop's
+# per-step host work (hooks, logging, closures), the cost a fast GPU exposes.
+TINY = {
+    "ae": ["model.encoder.hidden_sizes=[16]", "model.decoder.hidden_sizes=[16]",
+           "model.codings_dim=2"],
+    "vae": ["model.encoder.hidden_sizes=[16]", "model.decoder.hidden_sizes=[16]",
+            "model.latent_dim=2"],
+    "dcgan": ["model.generator.widths=[16,8]", "model.discriminator.widths=[8,16]"],
+    "wgan_gp": ["model.generator.widths=[16,8]", "model.discriminator.widths=[8,16]"],
+    "progan": ["model.generator.max_width=16", "model.generator.min_width=8",
+               "model.latent_dim=16"],
+    "stylegan": ["model.generator.max_width=16", "model.generator.min_width=8",
+                 "model.generator.mapping_layers=2", "model.latent_dim=16"],
+}
+TINY_BATCH = 8
+
+
+def tiny_table(args) -> dict[str, dict[str, float]]:
+    """Microseconds per training step (one batch of TINY_BATCH) through the framework and
+    the bare loop, and their ratio, for tiny networks of each family, one CPU thread."""
+    rows = {}
+    for model, tiny in TINY.items():
+        speeds = measure([f"model={model}", *tiny, f"dataset.batch_size={TINY_BATCH}",
+                          "speed.cpu_threads=1", "trainer.enable_progress_bar=false",
+                          *args.overrides], args)
+        result = summarize(speeds)
+        rows[model] = {"framework_us": 1e6 * TINY_BATCH / result["framework"],
+                       "bare_us": 1e6 * TINY_BATCH / result["bare"], "ratio": result["ratio"]}
+    print("\n| model | framework µs/step | bare µs/step | framework/bare |\n|---|---|---|---|")
+    for model, row in rows.items():
+        print(f"| {model} | {row['framework_us']:.0f} | {row['bare_us']:.0f} | "
+              f"{row['ratio']:.2f} |")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="config overrides, as for train.py")
+    parser.add_argument("--steps", type=positive_int(1), default=200,
+                        help="measured batches per round")
+    # At least one: the first batch pays for one-time setup (allocations, lazy init).
+    parser.add_argument("--warmup", type=positive_int(1), default=20,
+                        help="unmeasured batches first (>= 1)")
+    parser.add_argument("--rounds", type=positive_int(1), default=3,
+                        help="framework/bare alternations")
+    parser.add_argument("--compare", choices=["keras"], default=None,
+                        help="also time the seed text's Keras code (a third column)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a table of µs per step, framework and bare, for tiny networks "
+                             "of each family (ae, vae, dcgan, wgan_gp, progan, stylegan)")
+    parser.add_argument("--keras-python", default=None,
+                        help="with --compare keras: a Python that has TensorFlow")
+    args = parser.parse_args(argv)
+    if args.compare and not args.keras_python:
+        raise GenmodelsError("--compare keras needs --keras-python <a Python with "
+                             "TensorFlow>, e.g. a virtualenv's bin/python (genmodels "
+                             "itself does not depend on TensorFlow).")
+    if args.tiny:
+        return tiny_table(args)
+    speeds = measure(args.overrides, args)
+    # The ratio of each round's pair, whose runs shared the machine's load, then median.
+    result = summarize(speeds)
     line = (f"{' '.join(args.overrides)}: framework {result['framework']:.0f} images/s, "
             f"bare PyTorch loop {result['bare']:.0f} images/s, ratio {result['ratio']:.3f}")
     if args.compare:

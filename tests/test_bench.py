@@ -108,3 +108,13 @@ def test_benchmark_prints_framework_and_bare_loop_speeds(model, capsys):
     assert result["ratio"] == pytest.approx(result["framework"] / result["bare"])  # 1 round
     output = capsys.readouterr().out
     assert "framework" in output and "bare PyTorch loop" in output and "ratio" in output
+
+
+def test_tiny_table_gives_microseconds_per_step_of_both_loops(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "TINY", {"ae": bench.TINY["ae"]})
+    rows = bench.main(["--tiny", "--steps", "4", "--warmup", "1", "--rounds", "1",
+                       "trainer=cpu"])
+    row = rows["ae"]
+    assert row["framework_us"] > 0 and row["bare_us"] > 0
+    assert row["ratio"] == pytest.approx(row["bare_us"] / row["framework_us"])  # one round
+    assert "| ae | " in capsys.readouterr().out
