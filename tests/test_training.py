@@ -130,6 +130,20 @@ def test_checkpoints_keep_the_last_and_periodic_ones(make_config):
     assert (Path(cfg.paths.output_dir) / "config.yaml").exists()
 
 
+def test_a_checkpoint_kept_every_epoch_stands_beside_the_last_one(make_config):
+    # Lightning refuses two ModelCheckpoint callbacks that save alike ("Found more than one
+    # stateful callback of type ModelCheckpoint"); the periodic one is keyed by its name.
+    args = ["model=ae", *FAST, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "test=false", "callbacks.periodic_checkpoint.every_n_epochs=1"]
+    cfg = make_config(*args, "trainer.max_epochs=2")
+    train(cfg)
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_000.ckpt", "epoch_001.ckpt",
+                                                        "last.ckpt"]
+    train(make_config(*args, f"resume={cfg.paths.output_dir}", "trainer.max_epochs=3"))
+    assert (folder / "epoch_002.ckpt").exists()
+
+
 def test_last_checkpoint_is_written_after_every_epoch(make_config):
     cfg = make_config("model=ae")
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"

@@ -9,7 +9,8 @@ from genmodels.callbacks.interrupted_checkpoint import InterruptedCheckpoint
 from genmodels.callbacks.latent_grids import LatentGrids
 from genmodels.callbacks.latent_scatter import LatentScatter
 from genmodels.callbacks.learning_rates import LearningRates
+from genmodels.callbacks.periodic_checkpoint import PeriodicCheckpoint
 from genmodels.callbacks.sample_quality import SampleQuality
 
 __all__ = ["AggregatePosterior", "ImageGrids", "InterruptedCheckpoint", "LatentGrids",
-           "LatentScatter", "LearningRates", "SampleQuality"]
+           "LatentScatter", "LearningRates", "PeriodicCheckpoint", "SampleQuality"]
