@@ -56,7 +56,9 @@ def make_config(tmp_path):
 
 
 def import_benchmark(name: str):
-    """A script of benchmarks/ (outside the package) as a module."""
+    """A script of benchmarks/ (outside the package) as a module, loaded once."""
+    if f"benchmarks_{name}" in sys.modules:
+        return sys.modules[f"benchmarks_{name}"]
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}",
                                                   ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -99,8 +99,6 @@ def test_bench_refuses_counts_below_one(option, value, capsys):
 
 @pytest.mark.parametrize("model", ["vae", "dcgan"])
 def test_benchmark_prints_framework_and_bare_loop_speeds(model, capsys):
-    bench = import_benchmark("bench")
-
     result = bench.main([f"model={model}", "trainer=cpu", "trainer.enable_progress_bar=false",
                          "dataset.batch_size=64", "--steps", "6", "--warmup", "2",
                          "--rounds", "1"])
