@@ -1,6 +1,8 @@
 """The benchmark (benchmarks/bench.py): its bare loop does the module's math, and bad input
 gets one sentence (issues 10, 11, 13)."""
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -116,3 +118,15 @@ def test_tiny_table_gives_microseconds_per_step_of_both_loops(monkeypatch, capsy
     assert row["framework_us"] > 0 and row["bare_us"] > 0
     assert row["ratio"] == pytest.approx(row["bare_us"] / row["framework_us"])  # one round
     assert "| ae | " in capsys.readouterr().out
+
+
+def test_gpu_check_runs_its_cells_on_the_cpu_and_writes_json_and_markdown(tmp_path):
+    gpu_check = import_benchmark("gpu_check")
+    result = gpu_check.main(["--out", str(tmp_path), "--cpu", "--quick"])
+    cells = {(row["model"], row["precision"]) for row in result["speed"]}
+    assert cells == {(m, p) for m in ("vae", "dcgan") for p in gpu_check.PRECISIONS}
+    assert all("error" not in row and row["framework"] > 0 for row in result["speed"])
+    assert all(row["ratio"] > 0 for row in result["speed"] if row["precision"] != "16-mixed")
+    assert [row["finite"] for row in result["gans"]] == [True]
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["device"] == "cpu"
+    assert "| dcgan | 8 | 16-mixed |" in (tmp_path / "gpu_check.md").read_text()
