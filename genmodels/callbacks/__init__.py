@@ -1,6 +1,6 @@
 """Callbacks a run's config chooses (conf/callbacks/): image grids, latent-space views,
 sample quality, learning rates, interrupt checkpoints. What every run has regardless of
-its config (the divergence guard, training logs, config and RNG states in checkpoints)
+its config (the divergence guard, training logs, random streams, the config in checkpoints)
 is in genmodels/engine/."""
 
 from genmodels.callbacks.aggregate_posterior import AggregatePosterior

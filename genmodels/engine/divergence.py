@@ -7,6 +7,7 @@ import lightning as L
 import torch
 
 from genmodels.engine.lightning_private import is_logging_step
+from genmodels.engine.training_logs import step_logs
 from genmodels.errors import TrainingDiverged
 
 
@@ -37,8 +38,8 @@ class DivergenceGuard(L.Callback):
         self.finite_until = pl_module.training_progress()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        logs = outputs.get("log") if isinstance(outputs, dict) else None
-        if logs and getattr(trainer.precision_plugin, "scaler", None) is None:
+        logs = step_logs(outputs)
+        if logs and pl_module.grad_scaler is None:
             self.record(pl_module.watched_for_divergence, logs)
         if is_logging_step(trainer):
             self.check(trainer, pl_module)
@@ -73,7 +74,7 @@ class DivergenceGuard(L.Callback):
             floats = [w for w in weights.values() if torch.is_floating_point(w)]
             if floats and not torch.stack([w.isfinite().all() for w in floats]).all():
                 reasons.append("the weights")
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        scaler = pl_module.grad_scaler
         if scaler is not None and (scale := scaler.get_scale()) < self.min_loss_scale:
             reasons.append(f"the gradients at every step (the 16-mixed loss scale fell to "
                            f"{scale:.3g}, halved at each skipped step)")

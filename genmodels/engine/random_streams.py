@@ -21,8 +21,8 @@ class RandomStreams(L.Callback):
     Seeding happens when training starts, at each epoch's start and after each batch,
     before the next batch is moved to its device (where dynamic binarization draws); a
     model that takes several optimizer steps per batch (fused batches) calls `reseed` after
-    each. The data order
-    does not come from here: it is one seeded permutation per epoch, split across ranks.
+    each. The data order does not come from here: it is one seeded permutation per
+    epoch, split across ranks.
     """
 
     def __init__(self, seed: int):

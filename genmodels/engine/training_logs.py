@@ -7,6 +7,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from genmodels.engine.lightning_private import is_logging_step, logging_step
 
 
+def step_logs(outputs) -> dict[str, torch.Tensor] | None:
+    """The values a training step returned to log (its `"log"` entry), if any."""
+    return outputs.get("log") if isinstance(outputs, dict) else None
+
+
 class TrainingLogs(L.Callback):
     """Logs `train/<name>_step` every `trainer.log_every_n_steps` batches and
     `train/<name>_epoch` (the mean over the epoch) at each epoch's end, for every value in
@@ -29,7 +34,7 @@ class TrainingLogs(L.Callback):
         self.loss_scale: torch.Tensor | None = None  # the scale this step's losses had
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        scaler = pl_module.grad_scaler
         if scaler is not None and is_logging_step(trainer):
             # 16-mixed: the GradScaler halves its scale at each step it skips for inf/NaN
             # gradients and doubles it after a run of good ones. scale(1) keeps the value
@@ -37,7 +42,7 @@ class TrainingLogs(L.Callback):
             self.loss_scale = scaler.scale(torch.ones((), device=pl_module.device))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        logs = outputs.get("log") if isinstance(outputs, dict) else None
+        logs = step_logs(outputs)
         if not logs:
             return
         for name, value in logs.items():
