@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from genmodels.config import task_function
-from genmodels.engine.rundirs import RunDirectory, with_run_choices
+from genmodels.engine.rundirs import RunDirectory, release_directory_locks, with_run_choices
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.sweeps import record_failed_job
 
@@ -39,6 +39,7 @@ def main(cfg: DictConfig) -> float | None:
         if not user_error:
             raise
         RunDirectory.discard_if_unused()  # a refused start leaves no directory behind
+        release_directory_locks()
         sys.exit(f"Error: {error}")
 
 

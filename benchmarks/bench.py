@@ -118,6 +118,24 @@ def framework_speed(cfg: DictConfig, warmup: int, steps: int) -> float:
     return StepTimer.results[-1]
 
 
+def lightning_speed(cfg: DictConfig, warmup: int, steps: int) -> float:
+    """Training images per second of Lightning alone: the same model and data module under
+    a Trainer with nothing added (no callbacks but the timer, no logger, checkpoint,
+    progress bar or summary). What it loses to the bare loop is Lightning's own per-step
+    work, a floor no callback or logging change in genmodels can go below."""
+    configure_backends(cfg.get("speed"))
+    L.seed_everything(cfg.seed, verbose=False)
+    StepTimer.results.clear()
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
+        max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[StepTimer(warmup, steps, cfg.dataset.batch_size)])
+    model = optimize_model(build(cfg.model), cfg.get("speed"))
+    trainer.fit(model, datamodule=build(cfg.dataset))
+    return StepTimer.results[-1]
+
+
 def bare_speed(cfg: DictConfig, warmup: int, steps: int) -> float:
     """Training images per second of a plain PyTorch loop doing the same math."""
     configure_backends(cfg.get("speed"))
@@ -128,6 +146,7 @@ def bare_speed(cfg: DictConfig, warmup: int, steps: int) -> float:
     datamodule.setup("fit")
     datamodule.splits["train"] = tuple(t.to(device) for t in datamodule.splits["train"])
     model = optimize_model(build(cfg.model), cfg.get("speed")).to(device).train()
+    model.monitoring = False  # figures only logged: a bare loop logs nothing
     step = bare_step(model, cfg.trainer.precision)
     # The framework's own batch loader (in-memory indexing, the same per-epoch permutation);
     # without a Trainer it counts epochs itself.
@@ -314,10 +333,12 @@ def positive_int(minimum: int):
     return parse
 
 
-def measure(overrides: list[str], args) -> dict[str, list[float]]:
-    """Images per second of each runner (framework, bare, maybe Keras), per round."""
+def measure(overrides: list[str], args, lightning_alone: bool = False) -> dict[str, list[float]]:
+    """Images per second of each runner (framework, bare, maybe Lightning alone and Keras),
+    per round."""
     overrides = ["logger=csv", *overrides]
-    runners = ["framework", "bare"] + (["keras"] if args.compare else [])
+    runners = (["framework", "bare"] + (["lightning"] if lightning_alone else [])
+               + (["keras"] if args.compare else []))
     speeds = {name: [] for name in runners}
     with tempfile.TemporaryDirectory() as tmp:
         # Compose (and check) the config before anything runs.
@@ -331,6 +352,8 @@ def measure(overrides: list[str], args) -> dict[str, list[float]]:
                     speeds[name].append(framework_speed(cfg, args.warmup, args.steps))
                 elif name == "bare":
                     speeds[name].append(bare_speed(cfg, args.warmup, args.steps))
+                elif name == "lightning":
+                    speeds[name].append(lightning_speed(cfg, args.warmup, args.steps))
                 else:
                     speeds[name].append(keras_speed(cfg, recipe, args.keras_python,
                                                     args.warmup, args.steps))
@@ -346,6 +369,9 @@ def summarize(speeds: dict[str, list[float]]) -> dict[str, float]:
     result = {name: statistics.median(values) for name, values in speeds.items()}
     result["ratio"] = statistics.median(
         f / b for f, b in zip(speeds["framework"], speeds["bare"], strict=True))
+    if "lightning" in speeds:
+        result["lightning_ratio"] = statistics.median(
+            f / b for f, b in zip(speeds["lightning"], speeds["bare"], strict=True))
     return result
 
 
@@ -367,20 +393,24 @@ TINY_BATCH = 8
 
 
 def tiny_table(args) -> dict[str, dict[str, float]]:
-    """Microseconds per training step (one batch of TINY_BATCH) through the framework and
-    the bare loop, and their ratio, for tiny networks of each family, one CPU thread."""
+    """Microseconds per training step (one batch of TINY_BATCH) through the framework,
+    Lightning alone and the bare loop, and the ratios to the bare loop, for tiny networks
+    of each family, one CPU thread."""
     rows = {}
     for model, tiny in TINY.items():
         speeds = measure([f"model={model}", *tiny, f"dataset.batch_size={TINY_BATCH}",
                           "speed.cpu_threads=1", "trainer.enable_progress_bar=false",
-                          *args.overrides], args)
+                          *args.overrides], args, lightning_alone=True)
         result = summarize(speeds)
         rows[model] = {"framework_us": 1e6 * TINY_BATCH / result["framework"],
-                       "bare_us": 1e6 * TINY_BATCH / result["bare"], "ratio": result["ratio"]}
-    print("\n| model | framework µs/step | bare µs/step | framework/bare |\n|---|---|---|---|")
+                       "lightning_us": 1e6 * TINY_BATCH / result["lightning"],
+                       "bare_us": 1e6 * TINY_BATCH / result["bare"], "ratio": result["ratio"],
+                       "lightning_ratio": result["lightning_ratio"]}
+    print("\n| model | framework µs/step | Lightning alone µs/step | bare µs/step "
+          "| framework/bare | Lightning alone/bare |\n|---|---|---|---|---|---|")
     for model, row in rows.items():
-        print(f"| {model} | {row['framework_us']:.0f} | {row['bare_us']:.0f} | "
-              f"{row['ratio']:.2f} |")
+        print(f"| {model} | {row['framework_us']:.0f} | {row['lightning_us']:.0f} | "
+              f"{row['bare_us']:.0f} | {row['ratio']:.2f} | {row['lightning_ratio']:.2f} |")
     return rows
 
 
@@ -398,8 +428,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--compare", choices=["keras"], default=None,
                         help="also time the seed text's Keras code (a third column)")
     parser.add_argument("--tiny", action="store_true",
-                        help="a table of µs per step, framework and bare, for tiny networks "
-                             "of each family (ae, vae, dcgan, wgan_gp, progan, stylegan)")
+                        help="a table of µs per step, framework, Lightning alone and bare, "
+                             "for tiny networks of each family (ae, vae, dcgan, wgan_gp, "
+                             "progan, stylegan)")
     parser.add_argument("--keras-python", default=None,
                         help="with --compare keras: a Python that has TensorFlow")
     args = parser.parse_args(argv)

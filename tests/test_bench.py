@@ -110,13 +110,14 @@ def test_benchmark_prints_framework_and_bare_loop_speeds(model, capsys):
     assert "framework" in output and "bare PyTorch loop" in output and "ratio" in output
 
 
-def test_tiny_table_gives_microseconds_per_step_of_both_loops(monkeypatch, capsys):
+def test_tiny_table_gives_microseconds_per_step_of_the_three_loops(monkeypatch, capsys):
     monkeypatch.setattr(bench, "TINY", {"ae": bench.TINY["ae"]})
     rows = bench.main(["--tiny", "--steps", "4", "--warmup", "1", "--rounds", "1",
                        "trainer=cpu"])
     row = rows["ae"]
-    assert row["framework_us"] > 0 and row["bare_us"] > 0
+    assert row["framework_us"] > 0 and row["bare_us"] > 0 and row["lightning_us"] > 0
     assert row["ratio"] == pytest.approx(row["bare_us"] / row["framework_us"])  # one round
+    assert row["lightning_ratio"] == pytest.approx(row["bare_us"] / row["lightning_us"])
     assert "| ae | " in capsys.readouterr().out
 
 

@@ -167,7 +167,8 @@ def test_two_nodes_train_into_one_run_and_resume_it(tmp_path):
         assert "Run directory:" in node0.stdout + node0.stderr
         assert "Run directory:" not in node1.stdout + node1.stderr
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["run"]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.ckpt",
+                                                                     "last.ckpt.sha256"]
     assert len(list((run_dir / ".hydra").glob("resumed_*"))) == 1
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 8)  # 2 epochs of 4 steps

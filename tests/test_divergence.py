@@ -135,7 +135,7 @@ def test_a_diverging_run_exits_as_diverged_and_a_resume_keeps_the_good_checkpoin
     with pytest.raises(TrainingDiverged, match=f"the last good checkpoint is {last}"):
         train(resumed)
     assert last.read_bytes() == before
-    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]
     assert json.loads((tmp_path / "good" / "summary.json").read_text())["status"] == "diverged"
 
 

@@ -4,12 +4,18 @@ shared machine, and what `speed.compile` compiles."""
 import logging
 import math
 import os
+import traceback
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from omegaconf import open_dict
+from torch.overrides import TorchFunctionMode
 
 from genmodels.config import build
 from genmodels.engine import speed
+from genmodels.engine.lightning_private import is_logging_step
 from genmodels.engine.speed import choose_cpu_threads, configure_backends, parallel_jobs
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.train import train
@@ -115,3 +121,91 @@ def test_every_family_compiles_and_trains_on_the_cpu(model, tmp_path):
     metrics = train(cfg)
     losses = {k: v for k, v in metrics.items() if k.startswith("train/") and "loss" in k}
     assert losses and all(math.isfinite(v) for v in losses.values()), metrics
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that read a tensor's value back to the host (on a GPU, a wait for
+    all queued work), by whether the step they fall in is a logging step."""
+
+    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.logging_step = True  # until the first step: setup reads freely
+        self.reads = {True: [], False: []}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            where = traceback.extract_stack(limit=6)[:-1]
+            if "torch/optim/" in where[-1].filename:
+                # Optimizers' step counts, kept on the CPU by design: no device read.
+                return func(*args, **(kwargs or {}))
+            self.reads[self.logging_step].append(
+                f"{func.__name__} at " + " <- ".join(f"{Path(f.filename).name}:{f.lineno}"
+                                                   for f in reversed(where)))
+        return func(*args, **(kwargs or {}))
+
+
+class WatchHostReads(L.Callback):
+    """Turns HostReads on for the steps after the first few, telling it which are
+    logging steps (what the logger connector does after the batch counts to its step)."""
+
+    last: HostReads | None = None  # the last one built, for the test to read
+
+    def __init__(self):
+        self.mode = WatchHostReads.last = HostReads()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.mode.logging_step = is_logging_step(trainer)
+        if batch_idx == 2:
+            self.mode.__enter__()
+
+    def on_train_end(self, trainer, pl_module):
+        self.mode.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("model", ["ae", "vae", "dcgan", "wgan_gp"])
+def test_steps_between_logging_steps_read_nothing_back_from_the_device(model, tmp_path):
+    # A read (.item(), bool(tensor), ...) makes the host wait for the GPU every step, so
+    # that it cannot queue the next step's work meanwhile. Lightning reads values logged
+    # with prog_bar=True at every batch end; the progress bar (never redrawn here) must
+    # get its losses another way.
+    cfg = compose_config([f"model={model}", *TINY, *(SMALL_DCGAN if "gan" in model else []),
+                          "trainer.enable_progress_bar=true",
+                          "callbacks.progress_bar.refresh_rate=1000",
+                          "trainer.limit_train_batches=24", "trainer.log_every_n_steps=8",
+                          "trainer.max_epochs=1", "logger=tensorboard"], tmp_path / "run")
+    with open_dict(cfg):
+        cfg.callbacks.watch = {"_target_": f"{__name__}.WatchHostReads"}
+    train(cfg)
+    mode = WatchHostReads.last
+    assert mode.reads[True], "no logging step was watched: the test watches nothing"
+    assert mode.reads[False] == []
+
+
+class ReadProgressBar(L.Callback):
+    """Keeps what the progress bar would show after the last step."""
+
+    shown: dict = {}
+
+    def on_train_end(self, trainer, pl_module):
+        bar = trainer.progress_bar_callback
+        ReadProgressBar.shown = bar.get_metrics(trainer, pl_module)
+        ReadProgressBar.last_loss = pl_module.last_logged_d_loss
+
+
+class LastDLoss(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        pl_module.last_logged_d_loss = outputs["log"]["d_loss"].item()
+
+
+def test_the_progress_bar_shows_the_latest_losses(tmp_path):
+    cfg = compose_config(["model=dcgan", *TINY, *SMALL_DCGAN, "trainer.enable_progress_bar=true",
+                          "trainer.max_epochs=1", "logger=csv"], tmp_path / "run")
+    with open_dict(cfg):
+        cfg.callbacks.last_d_loss = {"_target_": f"{__name__}.LastDLoss"}
+        cfg.callbacks.read_bar = {"_target_": f"{__name__}.ReadProgressBar"}
+    train(cfg)
+    shown = ReadProgressBar.shown
+    assert shown["train/d_loss_step"] == pytest.approx(ReadProgressBar.last_loss)
+    assert math.isfinite(shown["train/g_loss_step"])

@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from omegaconf import open_dict
 from PIL import Image
 
 from genmodels.config import build
@@ -100,15 +101,34 @@ def test_tensorboard_gets_scalars_hparams_and_image_grids(make_config):
 def test_gan_logs_both_players_and_discriminator_accuracy(make_config):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = make_config("model=dcgan", *FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-                      "trainer.log_every_n_steps=1")
+    cfg = make_config("model=dcgan", *FAST, *SMALL_DCGAN, "trainer.max_epochs=1",
+                      "trainer.limit_train_batches=6", "trainer.log_every_n_steps=3")
+    with open_dict(cfg):
+        cfg.callbacks.step_logs = {"_target_": f"{__name__}.StepLogNames"}
     train(cfg)
     events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/d_loss_step", "train/g_loss_step", "train/d_real_acc_step",
-            "train/d_fake_acc_step", "lr/discriminator", "lr/generator"} <= scalars, scalars
+            "train/d_fake_acc_step", "train/d_grad_norm_step", "train/g_grad_norm_epoch",
+            "lr/discriminator", "lr/generator"} <= scalars, scalars
     assert "samples" in events.Tags()["images"]
+    # The figures only watched cost device work: computed on the logging steps (3 and 6) only.
+    watched = {"d_real", "d_fake", "d_real_acc", "d_fake_acc", "d_grad_norm", "g_grad_norm"}
+    assert [watched <= names for names in StepLogNames.names] == [False, False, True] * 2
+    assert all({"d_loss", "g_loss"} <= names for names in StepLogNames.names)
+
+
+class StepLogNames(L.Callback):
+    """The names in each training step's logs."""
+
+    names: list[set[str]] = []
+
+    def on_train_start(self, trainer, pl_module):
+        StepLogNames.names = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        StepLogNames.names.append(set(outputs["log"]))
 
 
 def test_gan_trains_under_bf16_mixed_precision(make_config):
@@ -125,7 +145,7 @@ def test_checkpoints_keep_the_last_and_periodic_ones(make_config):
     cfg = make_config("model=ae", *FAST, "trainer.max_epochs=4", "trainer.limit_train_batches=2",
                       "callbacks.periodic_checkpoint.every_n_epochs=2")
     train(cfg)
-    names = sorted(p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").iterdir())
+    names = sorted(p.name for p in (Path(cfg.paths.output_dir) / "checkpoints").glob("*.ckpt"))
     assert names == ["epoch_001.ckpt", "epoch_003.ckpt", "last.ckpt"]
     assert (Path(cfg.paths.output_dir) / "config.yaml").exists()
 
@@ -138,8 +158,8 @@ def test_a_checkpoint_kept_every_epoch_stands_beside_the_last_one(make_config):
     cfg = make_config(*args, "trainer.max_epochs=2")
     train(cfg)
     folder = Path(cfg.paths.output_dir) / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["epoch_000.ckpt", "epoch_001.ckpt",
-                                                        "last.ckpt"]
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["epoch_000.ckpt", "epoch_001.ckpt",
+                                                             "last.ckpt"]
     train(make_config(*args, f"resume={cfg.paths.output_dir}", "trainer.max_epochs=3"))
     assert (folder / "epoch_002.ckpt").exists()
 

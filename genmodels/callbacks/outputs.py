@@ -8,6 +8,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
 from genmodels.engine.lightning_private import logging_step
+from genmodels.files import write_atomically
 
 
 def is_drawing_epoch(trainer, every_n_epochs: int) -> bool:
@@ -39,7 +40,8 @@ def log_image_grid(trainer, name: str, images: torch.Tensor, nrow: int,
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(name, grid, global_step=logging_step(trainer))
     if save_dir:
-        save_image(grid, png_path(save_dir, name, trainer.current_epoch))
+        write_atomically(png_path(save_dir, name, trainer.current_epoch),
+                         lambda file: save_image(grid, file, format="png"))
 
 
 def log_figure(trainer, name: str, figure: Figure, save_dir: Path | None,
@@ -50,4 +52,5 @@ def log_figure(trainer, name: str, figure: Figure, save_dir: Path | None,
             logger.experiment.add_figure(name, figure, global_step=logging_step(trainer),
                                          close=False)
     if save_dir:
-        figure.savefig(png_path(save_dir, file_stem or name, trainer.current_epoch), dpi=100)
+        write_atomically(png_path(save_dir, file_stem or name, trainer.current_epoch),
+                         lambda file: figure.savefig(file, dpi=100, format="png"))

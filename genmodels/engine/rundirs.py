@@ -3,13 +3,23 @@ until the run has passed its checks (conf/hydra/default.yaml)."""
 
 import itertools
 import logging
+import os
+import sys
 from datetime import datetime
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no run-directory locks
+    fcntl = None
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from genmodels.errors import GenmodelsError
+from genmodels.files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +39,16 @@ def claim_directory(path: str | Path) -> Path:
             continue
 
 
+def make_directory(path: Path, key: str) -> None:
+    """Create `path` (and its parents) if needed, or say in one sentence why it cannot be."""
+    if path.exists() and not path.is_dir():
+        raise GenmodelsError(f"{key}={path} is a file, not a directory: give a directory.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise GenmodelsError(f"Cannot create {key}={path}: {error.strerror}.") from None
+
+
 def given_on_command_line(config: DictConfig, key: str) -> bool:
     return any(o.split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
 
@@ -38,35 +58,117 @@ def quoted(path: Path) -> str:
     return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+_held_locks: list[int] = []  # open directories: the OS lets go of their locks at exit
+
+
+def is_first_process() -> bool:
+    """Whether this is the process that owns the run's directory: not one of the other
+    ranks that Lightning, torchrun or SLURM start for DDP (they run the same command)."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "RANK", "SLURM_PROCID"))
+
+
+def lock_directory(path: Path, what: str) -> None:
+    """Hold an exclusive OS lock on the directory `path` for the rest of this process's
+    life, or refuse in one sentence, naming the process that holds it. The OS lets go of
+    it when the process ends, however it ends; no lock file is left behind."""
+    if fcntl is None or not is_first_process():
+        return
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(handle)
+        raise GenmodelsError(
+            f"{path} is in use by {lock_holder(path)}: two processes writing one {what} "
+            f"would mix or overwrite each other's checkpoints and logs. Wait for it to "
+            f"end, or choose another directory.") from None
+    _held_locks.append(handle)
+
+
+def lock_holder(path: Path) -> str:
+    """The process that holds the lock on `path`, from Linux's /proc/locks (a line such as
+    `1: FLOCK  ADVISORY  WRITE 4992 00:2f:1234 0 EOF`) and its command line."""
+    status = os.stat(path)
+    key = f"{os.major(status.st_dev):02x}:{os.minor(status.st_dev):02x}:{status.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+        for fields in (line.split() for line in lines):
+            if "FLOCK" in fields and "->" not in fields and key in fields:
+                pid = fields[fields.index(key) - 1]
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                return f"process {pid} ({command.decode(errors='replace').strip()[:200]})"
+    except OSError:
+        pass
+    return "another process"
+
+
+def release_directory_locks() -> None:
+    """Let go of the run's (or sweep's) directory lock: at the end of the run, and for a
+    run that ends early but whose process goes on (tests calling train.py's main)."""
+    while _held_locks:
+        os.close(_held_locks.pop())
+
+
+def refuse(error: GenmodelsError):
+    """Stop in one sentence from inside Hydra (which would print a traceback for an
+    exception raised in its callbacks)."""
+    sys.exit(f"Error: {error}")
+
+
 class RunDirectory(Callback):
     """Hydra callback: a new run (or a sweep) claims its directory exclusively before Hydra
     uses it, adding `_2`, `_3`, ... to the name when it is taken. A directory given on the
-    command line (`hydra.run.dir=...`, `hydra.sweep.dir=...`, or the run continued with
-    `resume=`) is used as it is. A run that fails before it wrote anything there (a
-    refused start) takes away the directory it created, so no empty run is left behind."""
+    command line (`hydra.run.dir=...`, or the run continued with `resume=`) is used as it
+    is; `hydra.sweep.dir=...` must be new or empty (a sweep's records are not rewritten by
+    another). A run or sweep holds an OS lock on its directory while it lives: a second
+    process that would write into it is refused. A run that fails before it wrote anything
+    there (a refused start) takes away the directory it created, so no empty run is left
+    behind."""
 
     # The directory this process's run created, if any (one run per process).
     created: Path | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         run_dir = Path(str(config.hydra.run.dir))
-        if config.get("resume") or given_on_command_line(config, "hydra.run.dir"):
-            RunDirectory.created = None if run_dir.exists() else run_dir.absolute()
-            return
-        run_dir = claim_directory(run_dir)
-        RunDirectory.created = run_dir.absolute()
-        with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.run.dir = str(run_dir)
+        try:
+            if config.get("resume") or given_on_command_line(config, "hydra.run.dir"):
+                created = not run_dir.exists()
+                make_directory(run_dir, "hydra.run.dir")
+            else:
+                run_dir, created = claim_directory(run_dir), True
+                with read_write(config.hydra), open_dict(config.hydra):
+                    config.hydra.run.dir = str(run_dir)
+            RunDirectory.created = run_dir.absolute() if created else None
+            lock_directory(run_dir, "run")
+        except GenmodelsError as error:
+            refuse(error)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        if given_on_command_line(config, "hydra.sweep.dir"):
-            return
-        sweep_dir = claim_directory(str(config.hydra.sweep.dir))
+        try:
+            if given_on_command_line(config, "hydra.sweep.dir"):
+                sweep_dir = Path(str(config.hydra.sweep.dir))
+                if sweep_dir.is_dir() and any(sweep_dir.iterdir()):
+                    raise GenmodelsError(
+                        f"hydra.sweep.dir={sweep_dir} holds an earlier sweep (or other files); "
+                        "a new sweep would rewrite its records. Give a new or empty directory.")
+                make_directory(sweep_dir, "hydra.sweep.dir")
+                lock_directory(sweep_dir, "sweep")
+                return
+            sweep_dir = claim_directory(str(config.hydra.sweep.dir))
+            lock_directory(sweep_dir, "sweep")
+        except GenmodelsError as error:
+            refuse(error)
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.sweep.dir = str(sweep_dir)
             # Each job's config is composed again from these overrides (by every launcher,
             # also in other processes or on other machines): they must name the directory.
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={quoted(sweep_dir)}")
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        release_directory_locks()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        release_directory_locks()
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         if job_return.status == JobStatus.FAILED:
@@ -103,9 +205,9 @@ def save_hydra_record(command: DictConfig, run_dir: Path) -> Path | None:
         record = claim_directory(record / f"resumed_{datetime.now():%Y-%m-%d_%H-%M-%S}")
     record.mkdir(parents=True, exist_ok=True)
     hydra = HydraConfig.instance().cfg
-    (record / "config.yaml").write_text(OmegaConf.to_yaml(command))
-    (record / "hydra.yaml").write_text(OmegaConf.to_yaml(hydra))
-    (record / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra.hydra.overrides.task))
+    write_text_atomically(record / "config.yaml", OmegaConf.to_yaml(command))
+    write_text_atomically(record / "hydra.yaml", OmegaConf.to_yaml(hydra))
+    write_text_atomically(record / "overrides.yaml", OmegaConf.to_yaml(hydra.hydra.overrides.task))
     return record
 
 

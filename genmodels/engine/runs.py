@@ -1,16 +1,21 @@
 """Finding and reloading what a training run saved."""
 
+import csv
 import logging
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from genmodels.config import build
 from genmodels.engine.config_in_checkpoint import ConfigInCheckpoint
 from genmodels.engine.rundirs import run_choices
 from genmodels.errors import GenmodelsError
+from genmodels.files import check_intact, write_text_atomically
 from genmodels.models.base import GenerativeModel
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ def checkpoint_of(cfg: DictConfig) -> Path:
 def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
     """The saved dictionary of a genmodels checkpoint (file or run directory)."""
     checkpoint_path = find_checkpoint(path)
+    check_intact(checkpoint_path)
     try:
         checkpoint = torch.load(checkpoint_path, map_location=map_location, weights_only=False)
     except Exception as error:  # a truncated or foreign file: say which one
@@ -72,12 +78,23 @@ def run_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The newest checkpoint of a run: `last.ckpt`, `interrupted.ckpt` when a signal or an
-    error stopped the run after its last epoch, or Lightning's SLURM `hpc_ckpt_N.ckpt`."""
+    """The newest intact checkpoint of a run: `last.ckpt`, `interrupted.ckpt` when a signal
+    or an error stopped the run after its last epoch, or Lightning's SLURM
+    `hpc_ckpt_N.ckpt`. A damaged one (empty, cut short, or not matching its recorded
+    checksum) is passed over with a warning."""
     checkpoints = run_checkpoints(run_dir)
     if not checkpoints:
         raise GenmodelsError(f"resume={str(run_dir)!r} has no checkpoints/*.ckpt to continue from.")
-    return max(checkpoints, key=lambda path: path.stat().st_mtime)
+    damaged = []
+    for path in sorted(checkpoints, key=lambda path: path.stat().st_mtime, reverse=True):
+        try:
+            check_intact(path)
+        except GenmodelsError as error:
+            log.warning("Skipping a damaged checkpoint: %s", error)
+            damaged.append(str(error))
+            continue
+        return path
+    raise GenmodelsError(f"No whole checkpoint in {run_dir}: {' '.join(damaged)}")
 
 
 def resumed_config(cfg: DictConfig) -> tuple[DictConfig, dict[str, dict]]:
@@ -203,6 +220,23 @@ class OptimizerOverrides(L.Callback):
                              "%s).", node, key, value, ", ".join(map(str, before)))
 
 
+def keep_csv_history(loggers) -> None:
+    """Lightning's CSVLogger deletes the `metrics.csv` it finds when it starts: a resumed
+    run would lose every row logged before. Put those rows back, for the new ones to
+    follow (call before anything is logged)."""
+    if rank_zero_only.rank != 0:
+        return
+    for logger in loggers:
+        if not isinstance(logger, CSVLogger):
+            continue
+        path = Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        kept = path.read_text() if path.is_file() else ""
+        writer = logger.experiment  # deletes the file
+        if kept.strip():
+            write_text_atomically(path, kept)
+            writer.metrics_keys = next(csv.reader([kept.splitlines()[0]]))
+
+
 def check_checkpoint(path: str | Path, model: torch.nn.Module, fused_batches: int = 1) -> None:
     """Stop before training if a checkpoint to continue from is unreadable, was written
     for another architecture, or switches speed.fused_batches between 1 and more; the
@@ -210,6 +244,7 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, fused_batches: in
     path = Path(path)
     if not path.is_file():
         raise GenmodelsError(f"ckpt_path={str(path)!r} is not a file.")
+    check_intact(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
         state = checkpoint["state_dict"]

@@ -24,6 +24,7 @@ from genmodels.engine.console import quiet_third_party
 from genmodels.engine.hparams import curated_hparams, log_hparams_session
 from genmodels.engine.runs import checkpoint_of, load_model, read_checkpoint
 from genmodels.errors import GenmodelsError
+from genmodels.files import write_text_atomically
 from genmodels.metrics.classifier import classifier_for
 from genmodels.metrics.inception import check_inception_available, inception_metrics
 from genmodels.metrics.likelihood import importance_sampled_nll
@@ -106,7 +107,7 @@ def evaluate(cfg: DictConfig) -> dict:
               "seed": cfg.seed, "temperature": cfg.temperature, "ema": cfg.ema,
               "metrics": metrics}
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomically(json_path, json.dumps(result, indent=2) + "\n")
     log_to_tensorboard(run_dir, name, config, metrics, checkpoint.get("global_step") or 0)
     log.info("Metrics: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     log.info("Wrote %s", json_path)

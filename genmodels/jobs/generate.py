@@ -27,6 +27,7 @@ from genmodels.data.datamodule import prepare_images
 from genmodels.data.datasets import IMAGE_SUFFIXES, read_image
 from genmodels.engine.runs import checkpoint_of, load_config, load_model
 from genmodels.errors import GenmodelsError
+from genmodels.files import write_atomically
 from genmodels.sampling import from_uint8, interleave_rows, sample_images, to_uint8
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,8 @@ def generate(cfg: DictConfig) -> tuple[Path, Path]:
     check_task(model, cfg.task)
     images, extra, nrow = TASKS[cfg.task](model, cfg)
     png.parent.mkdir(parents=True, exist_ok=True)
-    save_image(make_grid(images.float() / 255, nrow=nrow, padding=2, pad_value=1.0), png)
-    np.savez_compressed(npz, images=images.numpy(), **extra)
+    grid = make_grid(images.float() / 255, nrow=nrow, padding=2, pad_value=1.0)
+    write_atomically(png, lambda file: save_image(grid, file, format="png"))
+    write_atomically(npz, lambda file: np.savez_compressed(file, images=images.numpy(), **extra))
     log.info("Wrote %s and %s", png, npz)
     return png, npz

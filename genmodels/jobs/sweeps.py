@@ -1,6 +1,7 @@
 """The sweep-level summary table, written by Hydra at the end of every multirun."""
 
 import csv
+import io
 import json
 import logging
 import math
@@ -9,6 +10,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from genmodels.files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ def record_failed_job(error: BaseException) -> None:
     summary.setdefault("status", "failed")
     summary.setdefault("overrides", list(hydra.overrides.task))
     summary["error"] = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(summary_file, json.dumps(summary, indent=2) + "\n")
 
 
 def metric_unit(metric: str, model: dict) -> str | None:
@@ -140,10 +143,11 @@ def write_tables(rows: list[dict], sweep_dir: Path, metric: str | None = None,
     table = [{"job": row["job"], "status": row["status"],
               "best": "*" if row["job"] == best else "", "error": row.get("error", ""),
               **row["parameters"], **row["metrics"]} for row in rows]
-    with open(sweep_dir / "sweep_summary.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
+    csv_text = io.StringIO(newline="")
+    writer = csv.DictWriter(csv_text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(table)
+    write_text_atomically(sweep_dir / "sweep_summary.csv", csv_text.getvalue())
 
     def cell(value) -> str:
         text = f"{value:.4g}" if isinstance(value, float) else str(value if value is not None
@@ -154,7 +158,7 @@ def write_tables(rows: list[dict], sweep_dir: Path, metric: str | None = None,
     lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in table]
     if note:
         lines += ["", note]
-    (sweep_dir / "sweep_summary.md").write_text("\n".join(lines) + "\n")
+    write_text_atomically(sweep_dir / "sweep_summary.md", "\n".join(lines) + "\n")
 
 
 class SweepSummary(Callback):

@@ -24,6 +24,7 @@ from genmodels.config import (
     check_override_types,
 )
 from genmodels.engine import essential_callbacks
+from genmodels.engine.checkpoint_io import SafeCheckpointIO
 from genmodels.engine.config_in_checkpoint import ConfigInCheckpoint
 from genmodels.engine.console import quiet_third_party
 from genmodels.engine.fused_batches import fuse_batches, fused_batches
@@ -34,11 +35,13 @@ from genmodels.engine.rundirs import save_hydra_record
 from genmodels.engine.runs import (
     OptimizerOverrides,
     check_checkpoint,
+    keep_csv_history,
     latest_checkpoint,
     resumed_config,
 )
 from genmodels.engine.speed import configure_backends, optimize_model
 from genmodels.errors import GenmodelsError, TrainingDiverged
+from genmodels.files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 # none by construction (check_fresh_output_dir), and resumes pass ckpt_path explicitly.
 warnings.filterwarnings("ignore", message=r".*ckpt_path=None\)` was called without a model")
 warnings.filterwarnings("ignore", message=r".*is set, but there is no last checkpoint available")
+# Resuming: the CSV logger's earlier rows are kept (keep_csv_history), not deleted.
+warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted")
 
 
 def choose_strategy(strategy, model: L.LightningModule):
@@ -127,7 +132,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.trainer.get("enable_model_summary", True):
         callbacks.append(ModelSummary())  # in place of Lightning's (below), which shows FLOPs
     loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+    keep_csv_history(loggers)
+    # Checkpoints are written all or nothing and checked before loading (any other
+    # plugins the trainer config names are kept).
+    plugins = [SafeCheckpointIO(), *(build(p) for p in cfg.trainer.get("plugins") or [])]
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins,
                     strategy=choose_strategy(cfg.trainer.get("strategy", "auto"), model),
                     enable_model_summary=False)
     # After choose_strategy, which gives manually optimized models DDP's search for unused
@@ -198,7 +207,7 @@ def save_config(config: dict, output_dir: Path, command: DictConfig) -> None:
     once the run has passed its checks, so a refused start changes nothing."""
     output_dir.mkdir(parents=True, exist_ok=True)
     save_hydra_record(command, output_dir)
-    OmegaConf.save(OmegaConf.create(config), output_dir / "config.yaml")
+    write_text_atomically(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
 
 
 @rank_zero_only
@@ -211,7 +220,7 @@ def save_summary(metrics: dict[str, float], cfg: DictConfig, trainer: L.Trainer,
     summary = {"status": status, "epochs": trainer.current_epoch,
                "global_step": trainer.global_step,
                "optimized_metric": cfg.get("optimized_metric"), "metrics": final}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomically(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 @rank_zero_only

@@ -26,6 +26,10 @@ class GenerativeModel(L.LightningModule):
     watched_for_divergence = {"loss": "loss"}
     # The end of the "Training diverged" message.
     divergence_advice = "try a lower model.optimizer.lr"
+    # Whether a training step computes the figures that are only watched, not trained on
+    # (a GAN's gradient norms and D's accuracies). The engine sets it for each step:
+    # on Lightning's logging steps only, since each figure costs device work every step.
+    monitoring = True
 
     def __init__(self, channels: int, image_size: int, value_range: list[float],
                  optimizer: Callable | None = None, scheduler: Callable | None = None):

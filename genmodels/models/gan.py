@@ -132,7 +132,7 @@ class GAN(GenerativeModel):
             self.replay.push(fresh)
         self.toggle_optimizer(d_optimizer)
         d_logs = self.discriminator_losses(real, labels, fake, fake_labels)
-        d_logs["d_grad_norm"] = self.take_step(d_optimizer, d_logs["d_loss"], "discriminator")
+        self.take_step(d_optimizer, d_logs, "d")
         self.untoggle_optimizer(d_optimizer)
 
         # Phase 2: after every `d_steps`-th D step, G steps through the frozen D.
@@ -143,7 +143,7 @@ class GAN(GenerativeModel):
             fake, fake_labels = self.generate(len(batch[0]))
             g_logs = {"g_loss": generator_loss(self.loss,
                                                self.discriminate(fake, fake_labels))}
-            g_logs["g_grad_norm"] = self.take_step(g_optimizer, g_logs["g_loss"], "generator")
+            self.take_step(g_optimizer, g_logs, "g")
             self.untoggle_optimizer(g_optimizer)
             self.update_generator_ema()
         return {"log": d_logs | g_logs}  # logged by the engine as train/<name>
@@ -179,25 +179,28 @@ class GAN(GenerativeModel):
                 penalty = r1_penalty(lambda x: self.discriminate(x, labels), real)
             logs["penalty"] = penalty
             logs["d_loss"] = logs["d_loss"] + self.penalty_weight * penalty
-        logs |= {"d_real": real_out.mean(), "d_fake": fake_out.mean(),
-                 "d_real_acc": (real_out > 0).float().mean(),
-                 "d_fake_acc": (fake_out < 0).float().mean()}
+        if self.monitoring or not self.training:
+            logs |= {"d_real": real_out.mean(), "d_fake": fake_out.mean(),
+                     "d_real_acc": (real_out > 0).float().mean(),
+                     "d_fake_acc": (fake_out < 0).float().mean()}
         return logs
 
-    def take_step(self, optimizer, loss: torch.Tensor, network: str) -> torch.Tensor:
-        """Backward and step; the gradient norm (unscaled under 16-mixed precision), which
-        is logged, and watched for NaN or infinite values (`watched_for_divergence`)."""
+    def take_step(self, optimizer, logs: dict[str, torch.Tensor], player: str) -> None:
+        """Backward and step on the player's loss (`logs["d_loss"]` or `logs["g_loss"]`).
+        On monitoring steps, adds its gradient norm (unscaled under 16-mixed precision) to
+        `logs`, which is logged and watched for NaN or infinite values."""
         optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        params = [p for group in optimizer.param_groups for p in group["params"]
-                  if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if (scaler := self.grad_scaler) is not None:
-            # The gradients are scaled; scale(1) is the scale as a tensor on the device,
-            # where get_scale() would read it back.
-            grad_norm = grad_norm / scaler.scale(torch.ones_like(grad_norm))
+        self.manual_backward(logs[f"{player}_loss"])
+        if self.monitoring:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+                     if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads)
+            if (scaler := self.grad_scaler) is not None:
+                # The gradients are scaled; scale(1) is the scale as a tensor on the
+                # device, where get_scale() would read it back.
+                grad_norm = grad_norm / scaler.scale(torch.ones_like(grad_norm))
+            logs[f"{player}_grad_norm"] = grad_norm
         optimizer.step()
-        return grad_norm
 
     def training_progress(self) -> str:
         return f"generator step {self.generator_steps}"

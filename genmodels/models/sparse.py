@@ -25,8 +25,9 @@ class SparseAutoEncoder(AutoEncoder):
       activation over the batch, summed over neurons;
     - penalty="l1": the mean over the batch of sum_j |c_j| (Keras' activity L1).
 
-    Logged with every loss: `recon`, `sparsity` (the unweighted penalty), `mean_activation`
-    and `near_zero` (fraction of codings below `near_zero_threshold`). At each validation
+    Logged with every loss: `recon`, `sparsity` (the unweighted penalty) and, on logging
+    steps, `mean_activation` and `near_zero` (fraction of codings below
+    `near_zero_threshold`). At each validation
     epoch's end, TensorBoard also gets histograms of the coding activations and of the
     per-neuron mean activations over the validation images.
     """
@@ -58,13 +59,12 @@ class SparseAutoEncoder(AutoEncoder):
             self._track_codings_range(codings.detach())
         recon = self.reconstruction_loss(x, codings)
         sparsity = self.sparsity_penalty(codings)
-        return {
-            "loss": recon + self.sparsity_weight * sparsity,
-            "recon": recon,
-            "sparsity": sparsity,
-            "mean_activation": codings.detach().float().mean(),
-            "near_zero": (codings.detach().abs() < self.near_zero_threshold).float().mean(),
-        }
+        losses = {"loss": recon + self.sparsity_weight * sparsity, "recon": recon,
+                  "sparsity": sparsity}
+        if self.monitoring or not self.training:
+            losses["mean_activation"] = codings.detach().float().mean()
+            losses["near_zero"] = (codings.detach().abs() < self.near_zero_threshold).float().mean()
+        return losses
 
     def validation_step(self, batch, batch_idx):
         super().validation_step(batch, batch_idx)
