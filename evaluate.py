@@ -5,10 +5,12 @@ options are in conf/evaluate.yaml (`python evaluate.py --help`).
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from genmodels.config import check_overrides_compose
 from genmodels.errors import GenmodelsError
 
 
@@ -24,4 +26,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    try:  # an unknown option or key: one sentence with the closest match
+        check_overrides_compose(str(Path(__file__).parent / "conf"), "evaluate", sys.argv[1:])
+    except GenmodelsError as error:
+        sys.exit(f"Error: {error}")
     main()

@@ -5,10 +5,12 @@ images: `python generate.py run=<run dir> task=reconstruct images=[a.png,b.png]`
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from genmodels.config import check_overrides_compose
 from genmodels.errors import GenmodelsError
 
 
@@ -23,4 +25,8 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:  # an unknown option or key: one sentence with the closest match
+        check_overrides_compose(str(Path(__file__).parent / "conf"), "generate", sys.argv[1:])
+    except GenmodelsError as error:
+        sys.exit(f"Error: {error}")
     main()

@@ -5,13 +5,14 @@ Every option is a Hydra config under conf/; `python train.py --help` lists them.
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from genmodels.config import task_function
+from genmodels.config import check_overrides_compose, task_function
 from genmodels.engine.rundirs import RunDirectory, release_directory_locks, with_run_choices
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.sweeps import record_failed_job
@@ -36,16 +37,20 @@ def main(cfg: DictConfig) -> float | None:
             logging.getLogger(__name__).error("Error: %s", error, exc_info=not user_error)
             record_failed_job(error)
             return None
+        RunDirectory.discard_if_unused()  # a refused start leaves no trace
+        release_directory_locks()
         if not user_error:
             raise
-        RunDirectory.discard_if_unused()  # a refused start leaves no directory behind
-        release_directory_locks()
         sys.exit(f"Error: {error}")
 
 
 def run() -> None:
     # Continuing a run: Hydra composes that run's config groups (its model, dataset, ...).
     sys.argv[1:] = with_run_choices(sys.argv[1:])
+    try:  # an unknown option or key: one sentence with the closest match
+        check_overrides_compose(str(Path(__file__).parent / "conf"), "config", sys.argv[1:])
+    except GenmodelsError as error:
+        sys.exit(f"Error: {error}")
     main()
 
 

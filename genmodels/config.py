@@ -60,6 +60,31 @@ def check_accelerator(trainer) -> None:
         )
 
 
+# The precisions genmodels trains and tests in (and Lightning's short spellings of them).
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "32", "16", "bf16", 32, 16)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_run_options(cfg) -> None:
+    """Stop with one sentence on a run option Lightning or PyTorch would reject with a
+    traceback, or take silently: the seed, precision, validation interval, compile mode."""
+    seed = cfg.get("seed")
+    if type(seed) is not int or not 0 <= seed < 2**32:
+        raise GenmodelsError(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}.")
+    precision = cfg.trainer.get("precision", "32-true")
+    if precision not in PRECISIONS:
+        raise GenmodelsError(f"trainer.precision={precision!r} is not one genmodels trains in; "
+                             f"valid choices: {', '.join(map(str, PRECISIONS[:3]))}.")
+    every = cfg.trainer.get("check_val_every_n_epoch", 1)
+    if every is not None and (type(every) is not int or every < 1):
+        raise GenmodelsError(f"trainer.check_val_every_n_epoch must be a whole number of at "
+                             f"least 1 (or null: never validate), got {every!r}.")
+    mode = (cfg.get("speed") or {}).get("compile_mode")
+    if mode is not None and mode not in COMPILE_MODES:
+        raise GenmodelsError(f"speed.compile_mode={mode!r}; valid choices: "
+                             f"{', '.join(COMPILE_MODES)} (or null: torch's default).")
+
+
 def check_learning_rates(node, path: str = "model") -> None:
     """Stop with one sentence on a learning rate that is not a finite number >= 0
     (`model.optimizer.lr=nan`, `-1`, `inf`), before the model is built; torch.optim would
@@ -108,6 +133,20 @@ def check_override_types() -> None:
             )
 
 
+def refuse_added_keys() -> None:
+    """Stop with one sentence on a key added with `+` (`+metrics=[fid]`) to a command whose
+    options are all in its config: nothing would read it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    added = [o for o in HydraConfig.get().overrides.task if o.startswith("+")]
+    if added:
+        raise GenmodelsError(f"{' '.join(added)}: this command takes no new keys, only its "
+                             f"own (see --help); nothing would read "
+                             f"{added[0].split('=')[0].lstrip('+')}.")
+
+
 def type_name(default) -> str | None:
     """The kind of value a key takes, judged by its default; None: anything goes."""
     if isinstance(default, bool):
@@ -141,3 +180,61 @@ def if_resuming(resume, resuming_value, fresh_value):
 
 # Registered on import (train.py imports this module before Hydra composes the config).
 OmegaConf.register_new_resolver("if_resuming", if_resuming, replace=True)
+
+
+def check_overrides_compose(config_dir: str, config_name: str, args: list[str]) -> None:
+    """Compose `config_name` with the command line's overrides as Hydra is about to, and
+    stop with one sentence on an unknown config group option (`model=vea`) or key
+    (`trainer.max_epoch=3`), naming the closest match and the valid choices; Hydra's own
+    message names neither the closest match nor, for a key, the valid ones. Command lines
+    with flags (`-m`, `--help`, ...) or sweeps, and other errors, are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if any(arg.startswith("-") or "," in arg for arg in args):
+        return
+    overrides = [arg for arg in args if not arg.startswith("hydra.")]
+    GlobalHydra.instance().clear()
+    message = None
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            try:
+                compose(config_name, overrides=overrides)
+            except MissingConfigException as error:
+                group = (error.missing_cfg_file or "").rsplit("/", 1)[0]
+                given = [a.split("=", 1)[1] for a in overrides
+                         if a.split("=")[0].lstrip("+~") == group]
+                if given and error.options:
+                    message = (f"Unknown {group}={given[-1]}{closest(given[-1], error.options)}; "
+                               f"valid choices: {', '.join(error.options)}.")
+            except ConfigCompositionException as error:
+                cause = error.__cause__
+                if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+                    rest = [a for a in overrides if a.split("=")[0] != cause.full_key]
+                    message = unknown_key_message(cause.full_key, compose(config_name, rest))
+            except Exception:  # everything else: Hydra says it as it will
+                pass
+    finally:
+        GlobalHydra.instance().clear()
+    if message:
+        raise GenmodelsError(message)
+
+
+def unknown_key_message(full_key: str, config) -> str:
+    parent, _, key = full_key.rpartition(".")
+    node = OmegaConf.select(config, parent) if parent else config
+    keys = sorted(node.keys()) if hasattr(node, "keys") else []
+    where = f"under {parent}" if parent else "at the top level"
+    return (f"Unknown key {full_key}{closest(key, keys, parent)}; valid keys {where}: "
+            f"{', '.join(keys)} (to add a new key, write +{full_key}=...).")
+
+
+def closest(word: str, choices, parent: str = "") -> str:
+    """' (did you mean X?)' for the choice nearest to `word`, if one is near."""
+    import difflib
+
+    match = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    prefix = f"{parent}." if parent else ""
+    return f" (did you mean {prefix}{match[0]}?)" if match else ""

@@ -1,6 +1,7 @@
 """Writing files so that a full disk, a kill or a second process never leaves a partial one,
 and checking checkpoints for damage before anything trusts them."""
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -116,3 +117,14 @@ def check_intact(path: str | Path) -> None:
             problem = f"its SHA-256 differs from the one recorded in {checksum_path(path).name}"
     if problem is not None:
         raise GenmodelsError(f"Checkpoint {path} is damaged: {problem}.")
+
+
+def make_output_folder(folder: Path) -> None:
+    """Create the folder the outputs go to, or say in one sentence why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    except OSError as error:
+        raise GenmodelsError(f"Cannot write to {folder} ({error.strerror}): give "
+                             "out=<a path in a folder you can write>.") from None

@@ -94,3 +94,26 @@ def interleave_rows(pairs: torch.Tensor, row_length: int) -> torch.Tensor:
     n = len(pairs) - len(pairs) % row_length or len(pairs)
     rows = pairs[:n].unflatten(0, (-1, min(row_length, n)))  # (rows, cols, 2, C, H, W)
     return rows.transpose(1, 2).flatten(0, 2)
+
+
+def chosen_device(device: str) -> str:
+    """`device=auto` (a GPU when there is one), cpu, cuda, cuda:N or mps, as this machine
+    allows."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GenmodelsError(f"device={device!r}; valid choices: auto, cpu, cuda, cuda:N, "
+                             "mps.") from None
+    usable = {"cpu": True, "cuda": torch.cuda.is_available(),
+              "mps": torch.backends.mps.is_available()}
+    if not usable.get(chosen.type, False):
+        have = ", ".join(kind for kind, ok in usable.items() if ok)
+        raise GenmodelsError(f"device={device!r} is not available on this machine; it has: "
+                             f"{have} (device=auto picks the best).")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise GenmodelsError(f"device={device!r}: this machine has "
+                             f"{torch.cuda.device_count()} GPU(s), cuda:0 to cuda:"
+                             f"{torch.cuda.device_count() - 1}.")
+    return device

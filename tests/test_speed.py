@@ -39,12 +39,24 @@ def test_default_threads_follow_the_idle_cores(busy, cpus, expected):
 
 def test_parallel_jobs_get_one_thread_each_and_a_setting_wins():
     assert choose_cpu_threads(None, jobs=4, cpus=16, busy=0.0)[0] == 1
-    assert choose_cpu_threads(3, jobs=4, cpus=2, busy=9.0) == (3, "speed.cpu_threads")
-    # The environment's choice is kept, unless several jobs run at once.
+    assert choose_cpu_threads(3, jobs=4, cpus=4, busy=9.0) == (3, "speed.cpu_threads")
+    # The environment's choice is kept (up to the cores), unless several jobs run at once.
     assert choose_cpu_threads(None, jobs=1, cpus=2, busy=0.0, omp_threads="1")[0] == 1
+    assert choose_cpu_threads(None, jobs=1, cpus=2, busy=0.0, omp_threads="64")[0] == 2
     assert choose_cpu_threads(None, jobs=4, cpus=8, busy=0.0, omp_threads="8")[0] == 1
-    with pytest.raises(GenmodelsError, match="speed.cpu_threads must be at least 1"):
-        choose_cpu_threads(-2, jobs=1, cpus=2, busy=0.0)
+
+
+# 0 was taken as "automatic", 1.5 floored to 1, 100,000 crashed PyTorch (SIGSEGV).
+@pytest.mark.parametrize("requested", [-2, 0, 1.5, 3, 100_000, "abc", True])
+def test_cpu_threads_outside_one_to_the_cores_are_refused_by_name(requested):
+    with pytest.raises(GenmodelsError, match=rf"speed.cpu_threads must be a whole number from "
+                                             rf"1 to 2 .*got {requested!r}"):
+        choose_cpu_threads(requested, jobs=1, cpus=2, busy=0.0)
+
+
+def test_a_malformed_omp_num_threads_is_named():
+    with pytest.raises(GenmodelsError, match="OMP_NUM_THREADS='abc' is not a whole number"):
+        choose_cpu_threads(None, jobs=1, cpus=2, busy=0.0, omp_threads="abc")
 
 
 def fake_machine(monkeypatch, load: float, busy_share: float, cpus: int = 4):

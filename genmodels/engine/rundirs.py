@@ -127,6 +127,11 @@ class RunDirectory(Callback):
 
     # The directory this process's run created, if any (one run per process).
     created: Path | None = None
+    # An existing run's job log and its size before this process: a refused resume= takes
+    # back what it appended.
+    job_log: tuple[Path, int] | None = None
+    # Whether the run passed its checks and began to write its records (the job sets it).
+    started = False
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         run_dir = Path(str(config.hydra.run.dir))
@@ -139,7 +144,10 @@ class RunDirectory(Callback):
                 with read_write(config.hydra), open_dict(config.hydra):
                     config.hydra.run.dir = str(run_dir)
             RunDirectory.created = run_dir.absolute() if created else None
+            RunDirectory.started = False
             lock_directory(run_dir, "run")
+            job_log = run_dir.absolute() / f"{config.hydra.job.name}.log"
+            RunDirectory.job_log = (job_log, job_log.stat().st_size) if job_log.is_file() else None
         except GenmodelsError as error:
             refuse(error)
 
@@ -177,7 +185,15 @@ class RunDirectory(Callback):
     @staticmethod
     def discard_if_unused() -> None:
         """Remove the directory this run created if the run wrote nothing there but its
-        log (it was refused before training)."""
+        log (it was refused before training); in a directory it did not create, take back
+        the lines it appended to the job log. Nothing is touched once the run started."""
+        if RunDirectory.started:
+            return
+        if RunDirectory.created is None and RunDirectory.job_log is not None:
+            path, size = RunDirectory.job_log
+            if path.is_file() and path.stat().st_size > size:
+                with open(path, "r+b") as file:
+                    file.truncate(size)
         run_dir = RunDirectory.created
         if run_dir is None or not run_dir.is_dir():
             return

@@ -53,14 +53,20 @@ def choose_cpu_threads(requested: int | None, jobs: int, cpus: int, busy: float,
     2-core machine, beside another training, the default VAE ran at 0.7 to 3 it/s on two
     threads and at 22 to 71 on one (docs/speed.md).
     """
-    if requested:
-        if int(requested) < 1:
-            raise GenmodelsError(f"speed.cpu_threads must be at least 1 or null, got {requested}.")
-        return int(requested), "speed.cpu_threads"
+    if requested is not None:
+        # More threads than cores never helps PyTorch, and 100,000 crashed it (SIGSEGV).
+        if type(requested) is not int or not 1 <= requested <= cpus:
+            raise GenmodelsError(f"speed.cpu_threads must be a whole number from 1 to {cpus} "
+                                 f"(this machine's cores), or null to choose; got {requested!r}.")
+        return requested, "speed.cpu_threads"
     if jobs > 1:
         return 1, f"{jobs} jobs run at once"
     if omp_threads:
-        return max(1, int(omp_threads)), f"OMP_NUM_THREADS={omp_threads}"
+        if not omp_threads.strip().isdigit() or int(omp_threads) < 1:
+            raise GenmodelsError(f"The environment's OMP_NUM_THREADS={omp_threads!r} is not a "
+                                 "whole number of at least 1: unset it or fix it.")
+        capped = f", capped at the {cpus} cores" if int(omp_threads) > cpus else ""
+        return min(int(omp_threads), cpus), f"OMP_NUM_THREADS={omp_threads}{capped}"
     idle = max(1, min(cpus, math.floor(cpus - busy + 0.5)))
     return idle, f"{busy:.1f} of {cpus} cores busy"
 

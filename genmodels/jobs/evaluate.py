@@ -19,17 +19,17 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genmodels.config import build, check_override_types
+from genmodels.config import build, check_override_types, refuse_added_keys
 from genmodels.engine.console import quiet_third_party
 from genmodels.engine.hparams import curated_hparams, log_hparams_session
 from genmodels.engine.runs import checkpoint_of, load_model, read_checkpoint
 from genmodels.errors import GenmodelsError
-from genmodels.files import write_text_atomically
+from genmodels.files import make_output_folder, write_text_atomically
 from genmodels.metrics.classifier import classifier_for
 from genmodels.metrics.inception import check_inception_available, inception_metrics
 from genmodels.metrics.likelihood import importance_sampled_nll
 from genmodels.metrics.measure import measure
-from genmodels.sampling import from_uint8, sample_images, sampling_options
+from genmodels.sampling import chosen_device, from_uint8, sample_images, sampling_options
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,18 @@ def evaluate(cfg: DictConfig) -> dict:
     log the metrics to <run>/tensorboard/evaluation. Returns the JSON's content."""
     quiet_third_party()
     check_override_types()  # `num_samples=many`: one sentence, not a TypeError
+    refuse_added_keys()  # `+metrics=[fid]`: nothing reads it
     if not 2 <= cfg.num_samples <= MAX_SAMPLES:
         raise GenmodelsError(
             f"num_samples must be between 2 and {MAX_SAMPLES:,} (all samples are kept in "
             f"memory), got {cfg.num_samples:,}."
         )
+    # 0 epochs scored with an untrained classifier; a negative nll_samples skipped the NLL.
+    for name, low in (("classifier_epochs", 1), ("nll_samples", 0), ("batch_size", 1)):
+        if type(cfg[name]) is not int or cfg[name] < low:
+            raise GenmodelsError(f"{name} must be a whole number of at least {low}, got "
+                                 f"{cfg[name]!r}.")
+    device = chosen_device(cfg.device)
     checkpoint_path = checkpoint_of(cfg)
     run_dir = (checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints"
                else checkpoint_path.parent)
@@ -68,10 +75,9 @@ def evaluate(cfg: DictConfig) -> dict:
     if json_path.exists() and not cfg.overwrite:
         raise GenmodelsError(f"{json_path} already exists; refusing to overwrite it. Pass "
                              "overwrite=true, or out=<another .json path>.")
+    make_output_folder(json_path.parent)
     if cfg.inception_weights:
         check_inception_available(cfg.inception_weights)  # fail before the long part
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available()
-                                                      else "cpu")
     checkpoint = read_checkpoint(checkpoint_path)
     config = checkpoint["genmodels_config"]
     model = load_model(checkpoint_path).to(device)

@@ -22,13 +22,13 @@ from omegaconf import DictConfig, ListConfig
 from torchvision.utils import make_grid, save_image
 
 from genmodels import latent
-from genmodels.config import build, check_override_types
+from genmodels.config import build, check_override_types, refuse_added_keys
 from genmodels.data.datamodule import prepare_images
 from genmodels.data.datasets import IMAGE_SUFFIXES, read_image
 from genmodels.engine.runs import checkpoint_of, load_config, load_model
 from genmodels.errors import GenmodelsError
-from genmodels.files import write_atomically
-from genmodels.sampling import from_uint8, interleave_rows, sample_images, to_uint8
+from genmodels.files import make_output_folder, write_atomically
+from genmodels.sampling import chosen_device, from_uint8, interleave_rows, sample_images, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -252,21 +252,51 @@ def output_paths(cfg: DictConfig, checkpoint: Path) -> tuple[Path, Path]:
     return png, npz
 
 
+# More images than a grid one can look at, or memory holds: e.g. num=100000000 ran for hours,
+# task=semantic nrow=100000 asked for 400 GB. (evaluate caps its samples alike.)
+MAX_IMAGES = 100_000
+
+
+def check_options(cfg: DictConfig) -> None:
+    """One sentence for each option outside what its task can take, before anything runs."""
+    if cfg.task not in TASKS:
+        raise GenmodelsError(f"Unknown task={cfg.task!r}; valid choices: {sorted(TASKS)}.")
+
+    def whole(name: str, low: int, high: int = MAX_IMAGES) -> None:
+        value = cfg.get(name)
+        if type(value) is not int or not low <= value <= high:
+            raise GenmodelsError(f"{name} must be a whole number from {low} to {high}, "
+                                 f"got {value!r}.")
+
+    whole("num", 1)
+    whole("nrow", 1, 316 if cfg.task in ("manifold", "semantic") else MAX_IMAGES)  # nrow^2
+    whole("rows", 1)
+    whole("steps", 2, 1000)
+    labels = as_list(cfg.get("labels")) or []
+    if any(type(label) is not int for label in labels):  # 1.7 drew class 1
+        raise GenmodelsError(f"labels must be whole numbers (class labels), got {labels}.")
+    multiples = as_list(cfg.get("multiples")) or []
+    if any(type(m) not in (int, float) for m in multiples):
+        raise GenmodelsError(f"multiples must be numbers, got {multiples}.")
+    for name in ("truncation", "temperature"):
+        value = cfg.get(name)
+        if value is not None and (type(value) not in (int, float) or value < 0):
+            raise GenmodelsError(f"{name} must be a number of at least 0 (or null), got "
+                                 f"{value!r}.")
+
+
 def generate(cfg: DictConfig) -> tuple[Path, Path]:
     """Run `cfg.task` on the trained model; returns the PNG and .npz paths written."""
     check_override_types()  # `num=abc`: one sentence, not a TypeError deep inside
-    if cfg.task not in TASKS:
-        raise GenmodelsError(f"Unknown task={cfg.task!r}; valid choices: {sorted(TASKS)}.")
-    if cfg.num < 1:
-        raise GenmodelsError(f"num must be at least 1, got {cfg.num}.")
+    refuse_added_keys()
+    check_options(cfg)
+    device = chosen_device(cfg.device)
     checkpoint = checkpoint_of(cfg)
     png, npz = output_paths(cfg, checkpoint)
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available()
-                                                      else "cpu")
+    make_output_folder(png.parent)
     model = load_model(checkpoint).to(device)
     check_task(model, cfg.task)
     images, extra, nrow = TASKS[cfg.task](model, cfg)
-    png.parent.mkdir(parents=True, exist_ok=True)
     grid = make_grid(images.float() / 255, nrow=nrow, padding=2, pad_value=1.0)
     write_atomically(png, lambda file: save_image(grid, file, format="png"))
     write_atomically(npz, lambda file: np.savez_compressed(file, images=images.numpy(), **extra))

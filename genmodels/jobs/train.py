@@ -22,6 +22,7 @@ from genmodels.config import (
     check_accelerator,
     check_learning_rates,
     check_override_types,
+    check_run_options,
 )
 from genmodels.engine import essential_callbacks
 from genmodels.engine.checkpoint_io import SafeCheckpointIO
@@ -31,7 +32,7 @@ from genmodels.engine.fused_batches import fuse_batches, fused_batches
 from genmodels.engine.hparams import curated_hparams, log_hparams_session
 from genmodels.engine.lightning_private import find_unused_parameters
 from genmodels.engine.model_summary import ModelSummary
-from genmodels.engine.rundirs import save_hydra_record
+from genmodels.engine.rundirs import RunDirectory, save_hydra_record
 from genmodels.engine.runs import (
     OptimizerOverrides,
     check_checkpoint,
@@ -104,12 +105,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     quiet_third_party()
     command = copy.deepcopy(cfg)  # as composed from the command line, recorded in .hydra/
     restored_optimizer_settings = {}
+    if cfg.get("resume") is not None and not str(cfg.resume).strip():
+        raise GenmodelsError("resume= is empty: give the run directory to continue, e.g. "
+                             "resume=logs/runs/<run>.")
     if cfg.get("resume"):
         cfg, restored_optimizer_settings = resumed_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if cfg.get("ckpt_path") is None and requeued_on_slurm(output_dir):
         cfg.ckpt_path = str(latest_checkpoint(output_dir))
     check_fresh_output_dir(cfg, output_dir)
+    check_run_options(cfg)
     check_accelerator(cfg.trainer)
     check_learning_rates(cfg.model)
     fused = fused_batches(cfg.get("speed"))
@@ -205,6 +210,7 @@ def log_final_metrics(loggers, hparams: dict, metrics: dict[str, float], step: i
 def save_config(config: dict, output_dir: Path, command: DictConfig) -> None:
     """The resolved config, and Hydra's record of the command's unresolved one: written
     once the run has passed its checks, so a refused start changes nothing."""
+    RunDirectory.started = True  # from here on, a failure leaves the run as it is
     output_dir.mkdir(parents=True, exist_ok=True)
     save_hydra_record(command, output_dir)
     write_text_atomically(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))

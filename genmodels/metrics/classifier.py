@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genmodels.errors import GenmodelsError
+from genmodels.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +186,14 @@ def classifier_for(datamodule, cache_dir: str | Path, epochs: int = 5, seed: int
         log.info("Training the feature classifier on %d %s images (%d epochs); it is cached "
                  "in %s", len(images), datamodule.name, epochs, path)
         classifier = train_classifier(images, labels, num_classes, epochs=epochs, seed=seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".tmp{id(classifier)}")
-        torch.save(classifier.state_dict(), temporary)
-        temporary.replace(path)  # atomic: a concurrent reader never sees half a file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # All or nothing: a concurrent reader never sees half a file.
+            write_atomically(path, lambda file: torch.save(classifier.state_dict(), file))
+        except OSError as error:  # a read-only cache or HOME: measure all the same
+            log.warning("Could not cache the feature classifier in %s (%s): it is trained "
+                        "again next time; give classifier_cache=<a folder you can write>.",
+                        path.parent, error.strerror)
     if getattr(datamodule, "per_channel_classes", 0):
         return ChannelwiseClassifier(classifier, datamodule.channels).eval()
     return classifier

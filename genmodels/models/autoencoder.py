@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genmodels.errors import GenmodelsError
-from genmodels.models.base import GenerativeModel, flat_output_width
+from genmodels.models.base import GenerativeModel, check_latent_size, flat_output_width
 from genmodels.nn.layers import make_activation
 from genmodels.nn.losses import binary_cross_entropy_with_logits
 
@@ -28,6 +28,7 @@ class AutoEncoder(GenerativeModel):
                  loss: str = "bce", output_activation: str | None = "sigmoid",
                  scheduler: Callable | None = None):
         super().__init__(channels, image_size, value_range, optimizer, scheduler)
+        check_latent_size("codings_dim", codings_dim)
         if loss not in LOSSES:
             raise GenmodelsError(f"Unknown autoencoder loss {loss!r}; valid choices: {LOSSES}.")
         if loss == "bce" and (output_activation != "sigmoid" or self.value_range != (0.0, 1.0)):

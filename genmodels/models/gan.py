@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from genmodels.errors import GenmodelsError
-from genmodels.models.base import GenerativeModel
+from genmodels.models.base import GenerativeModel, check_latent_size
 from genmodels.nn.gan_layers import ReplayBuffer, spectral_normalize, uses_batch_statistics
 from genmodels.nn.gan_losses import (
     PENALTIES,
@@ -83,6 +83,7 @@ class GAN(GenerativeModel):
                  num_classes: int | None = None, growth=None, joint_d_batch: bool = False,
                  eval_generator_for_d: bool = False, drift_weight: float = 0.0):
         super().__init__(channels, image_size, value_range)
+        check_latent_size("latent_dim", latent_dim)
         self.automatic_optimization = False
         check_loss(loss, label_smoothing)
         if penalty is not None and penalty not in PENALTIES:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from genmodels.errors import GenmodelsError
-from genmodels.models.base import GenerativeModel, flat_output_width
+from genmodels.models.base import GenerativeModel, check_latent_size, flat_output_width
 from genmodels.nn.layers import INITS
 from genmodels.nn.losses import bernoulli_nll, gaussian_nll, kl_to_standard_normal
 
@@ -58,6 +58,7 @@ class VAE(GenerativeModel):
                  kl_capacity: float | None = None, kl_capacity_steps: int = 10000,
                  posterior_init: str = "torch", scheduler: Callable | None = None):
         super().__init__(channels, image_size, value_range, optimizer, scheduler)
+        check_latent_size("latent_dim", latent_dim)
         if likelihood not in LIKELIHOODS:
             raise GenmodelsError(
                 f"Unknown likelihood {likelihood!r}; valid choices: {LIKELIHOODS}."

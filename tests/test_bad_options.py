@@ -1,0 +1,124 @@
+"""Options that crashed, hung, segfaulted or were silently taken (issue 26): each now stops
+with one sentence naming the bad value, before anything runs."""
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from genmodels.config import check_overrides_compose
+from genmodels.errors import GenmodelsError
+from genmodels.jobs.evaluate import evaluate
+from genmodels.jobs.generate import check_options, generate
+from genmodels.jobs.train import train
+from genmodels.sampling import chosen_device
+
+from .conftest import CONF, ROOT, TINY, compose_config, run_main
+from .test_generate_evaluate import tool_config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("seed=-1", "seed must be a whole number from 0 to 4294967295, got -1"),
+    ("trainer.precision=64", "trainer.precision=64 is not one genmodels trains in; valid "
+                             "choices: 32-true, 16-mixed, bf16-mixed"),
+    ("trainer.check_val_every_n_epoch=0", "trainer.check_val_every_n_epoch must be a whole "
+                                          "number of at least 1"),
+    ("speed.compile_mode=bogus", "speed.compile_mode='bogus'; valid choices: default"),
+    ("speed.cpu_threads=100000", "speed.cpu_threads must be a whole number from 1 to"),
+    ("model.latent_dim=0", "model.latent_dim must be a whole number of at least 1, got 0"),
+    ("resume=", "resume= is empty: give the run directory"),
+])
+def test_train_options_are_refused_in_one_sentence(override, message, tmp_path):
+    with pytest.raises(GenmodelsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(compose_config(["model=vae", *TINY, override], tmp_path / "run"))
+
+
+@pytest.mark.parametrize("config, args, message", [
+    ("config", ["model=vea"], r"Unknown model=vea \(did you mean vae\?\); valid choices: ae,"),
+    ("config", ["trainer.max_epoch=3"], r"Unknown key trainer.max_epoch \(did you mean "
+                                        r"trainer.max_epochs\?\); valid keys under trainer: "),
+    ("generate", ["nrwo=3"], r"Unknown key nrwo \(did you mean nrow\?\)"),
+    ("evaluate", ["run=x", "splt=test"], r"Unknown key splt \(did you mean split\?\)"),
+])
+def test_unknown_options_and_keys_name_the_closest_match(config, args, message):
+    with pytest.raises(GenmodelsError, match=message):
+        check_overrides_compose(str(CONF), config, args)
+    check_overrides_compose(str(CONF), config, ["-m", *args])  # sweeps and flags: Hydra's
+
+
+@pytest.mark.parametrize("override, message", [
+    ("num=100000000", "num must be a whole number from 1 to 100000, got 100000000"),
+    ("nrow=0", "nrow must be a whole number from 1"),
+    ("nrow=-2", "nrow must be a whole number from 1"),
+    ("task=interpolate rows=0", "rows must be a whole number from 1"),
+    ("task=semantic nrow=100000", "nrow must be a whole number from 1 to 316"),
+    ("labels=[1.7]", r"labels must be whole numbers \(class labels\), got \[1.7\]"),
+    ("labels=[cat]", r"labels must be whole numbers \(class labels\), got \['cat'\]"),
+    ("multiples=[a,b]", r"multiples must be numbers, got \['a', 'b'\]"),
+    ("truncation=abc", "truncation must be a number of at least 0"),
+])
+def test_generate_options_are_refused_before_anything_runs(override, message):
+    with pytest.raises(GenmodelsError, match=message):
+        check_options(tool_config("generate", "run=nowhere", *override.split()))
+
+
+def test_devices_this_machine_lacks_are_named():
+    assert chosen_device("cpu") == "cpu"
+    with pytest.raises(GenmodelsError, match="device='bogus'; valid choices: auto, cpu, cuda"):
+        chosen_device("bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(GenmodelsError, match="device='cuda' is not available on this "
+                                                 "machine; it has: cpu"):
+            chosen_device("cuda")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_a_read_only_output_folder_is_named(tmp_path):
+    from genmodels.files import make_output_folder
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    with pytest.raises(GenmodelsError, match=f"Cannot write to {folder}"):
+        make_output_folder(folder / "out")
+
+
+def test_outputs_under_proc_are_named(tmp_path):
+    from genmodels.files import make_output_folder
+
+    with pytest.raises(GenmodelsError, match="Cannot write to /proc/genmodels"):
+        make_output_folder(Path("/proc/genmodels"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("classifier_epochs=0", "classifier_epochs must be a whole number of at least 1, got 0"),
+    ("nll_samples=-3", "nll_samples must be a whole number of at least 0, got -3"),
+])
+def test_evaluate_options_are_refused(override, message):
+    with pytest.raises(GenmodelsError, match=message):
+        evaluate(tool_config("evaluate", "run=nowhere", override))
+
+
+def test_keys_added_to_generate_and_evaluate_are_refused(tmp_path):
+    for script in ("generate.py", "evaluate.py"):
+        result = subprocess.run([sys.executable, str(ROOT / script), "run=nowhere",
+                                 "+metrics=[bogus]"], capture_output=True, text=True,
+                                cwd=tmp_path, timeout=120)
+        assert result.returncode == 1
+        assert "+metrics=[bogus]: this command takes no new keys" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_refused_resume_appends_nothing_to_the_runs_log(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_main("model=ae", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
+    log = (run_dir / "train.log").read_bytes()
+    # Refused after the start has logged its choices (threads, ...): by the checkpoint check.
+    with pytest.raises(SystemExit, match="was trained with speed.fused_batches=1"):
+        run_main(f"resume={run_dir}", "speed.fused_batches=4")
+    assert (run_dir / "train.log").read_bytes() == log
+    assert "Traceback" not in capsys.readouterr().err
