@@ -7,13 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from genmodels.config import check_overrides_compose
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.evaluate import evaluate
-from genmodels.jobs.generate import check_options, generate
+from genmodels.jobs.generate import check_options
 from genmodels.jobs.train import train
 from genmodels.sampling import chosen_device
 
@@ -122,3 +123,34 @@ def test_a_refused_resume_appends_nothing_to_the_runs_log(tmp_path, capsys):
         run_main(f"resume={run_dir}", "speed.fused_batches=4")
     assert (run_dir / "train.log").read_bytes() == log
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_conditional_gan_checks_every_label_before_training(tmp_path):
+    from .test_data import write_idx
+
+    labels = np.arange(200) % 10
+    labels[150] = 200  # deep in the data: the first batches are fine
+    write_idx(tmp_path / "images-idx3-ubyte", np.zeros((200, 28, 28)))
+    write_idx(tmp_path / "labels-idx1-ubyte", labels)
+    with pytest.raises(GenmodelsError, match="The dataset has labels up to 200, but "
+                                             "model.num_classes is 10"):
+        train(compose_config(["model=cgan", "dataset=idx", *TINY,
+                              f"dataset.images={tmp_path / 'images-idx3-ubyte'}",
+                              f"dataset.labels={tmp_path / 'labels-idx1-ubyte'}",
+                              "dataset.ordered_split=true", "dataset.batch_size=8"],
+                             tmp_path / "run"))
+
+
+def test_too_few_images_for_a_validation_split_is_said(tmp_path, caplog):
+    from PIL import Image
+
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for index in range(2):
+        Image.new("RGB", (16, 16), (index * 200, 0, 0)).save(folder / f"{index}.png")
+    train(compose_config(["model=ae", "dataset=folder", f"dataset.data_dir={folder}",
+                          "dataset.image_size=16", "model.encoder.hidden_sizes=[8]",
+                          "model.decoder.hidden_sizes=[8]", *TINY, "trainer.max_epochs=1"],
+                         tmp_path / "run"))
+    assert ("dataset.val_fraction=0.1 of the folder dataset's 2 images is not one image: "
+            "the val split uses the training images instead") in caplog.text

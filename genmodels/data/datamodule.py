@@ -1,5 +1,6 @@
 """In-memory image datasets: decoded once to uint8 tensors, batched by tensor indexing."""
 
+import logging
 import math
 from collections.abc import Callable
 
@@ -9,6 +10,8 @@ import torch.distributed as dist
 import torchvision.transforms.v2.functional as TF
 
 from genmodels.errors import GenmodelsError
+
+log = logging.getLogger(__name__)
 
 
 def prepare_images(images: torch.Tensor, image_size: int, channels: int) -> torch.Tensor:
@@ -216,6 +219,12 @@ class InMemoryImageDataModule(L.LightningDataModule):
             train, val = split_off(*train, self.val_fraction, self.seed + 1, self.ordered_split)
         if len(train[0]) == 0:
             raise GenmodelsError(f"The {self.name} dataset has no training images left.")
+        for split, fraction, stand_in in (("val", self.val_fraction, "training"),
+                                          ("test", self.test_fraction, "validation")):
+            if fraction > 0 and len((val if split == "val" else test)[0]) == 0:
+                log.warning("dataset.%s_fraction=%s of the %s dataset's %d images is not one "
+                            "image: the %s split uses the %s images instead.", split, fraction,
+                            self.name, len(splits["train"][0]), split, stand_in)
         if len(val[0]) == 0:
             val = train  # val_fraction=0: validate on the training images
         if len(test[0]) == 0:

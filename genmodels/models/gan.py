@@ -352,15 +352,26 @@ class GAN(GenerativeModel):
         if self.num_classes is None:
             return images, None
         if not self._labels_checked:
-            if labels.min() < 0:
-                raise GenmodelsError("A conditional GAN needs class labels, but this dataset "
-                                     "has none (labels are -1); use a labelled dataset such "
-                                     "as digits, mnist, fashion or cifar10.")
-            if labels.max() >= self.num_classes:
-                raise GenmodelsError(f"The dataset has labels up to {int(labels.max())}, but "
-                                     f"model.num_classes is {self.num_classes}.")
-            self._labels_checked = True
+            self.check_labels(labels)
         return images, labels
+
+    def on_fit_start(self) -> None:
+        # Every label of an in-memory dataset at once: a bad one deep in the data would
+        # otherwise stop training mid-epoch with an indexing error.
+        splits = getattr(self.trainer.datamodule, "splits", None) or {}
+        if self.num_classes is not None and "train" in splits:
+            self.check_labels(torch.cat([splits[s][1] for s in ("train", "val") if s in splits]))
+
+    def check_labels(self, labels: torch.Tensor) -> None:
+        if labels.min() < 0:
+            raise GenmodelsError("A conditional GAN needs class labels, but this dataset "
+                                 "has none (labels are -1); use a labelled dataset such "
+                                 "as digits, mnist, fashion or cifar10.")
+        if labels.max() >= self.num_classes:
+            raise GenmodelsError(f"The dataset has labels up to {int(labels.max())}, but "
+                                 f"model.num_classes is {self.num_classes}: set "
+                                 f"model.num_classes={int(labels.max()) + 1} or fix the labels.")
+        self._labels_checked = True
 
     # ----- step counting ---------------------------------------------------------------------
 
