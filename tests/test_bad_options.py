@@ -154,3 +154,13 @@ def test_too_few_images_for_a_validation_split_is_said(tmp_path, caplog):
                          tmp_path / "run"))
     assert ("dataset.val_fraction=0.1 of the folder dataset's 2 images is not one image: "
             "the val split uses the training images instead") in caplog.text
+
+
+def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path, capsys):
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"")
+    with pytest.raises(SystemExit, match=rf"resume={checkpoint} is a file; resume= takes the "
+                                         rf"run's directory .*: resume={tmp_path / 'run'}\."):
+        run_main(f"resume={checkpoint}")
+    assert "Traceback" not in capsys.readouterr().err

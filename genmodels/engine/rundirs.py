@@ -136,6 +136,13 @@ class RunDirectory(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         run_dir = Path(str(config.hydra.run.dir))
         try:
+            resume = Path(str(config.get("resume") or ""))
+            if config.get("resume") and resume.is_file():
+                folder = resume.parent.parent if resume.parent.name == "checkpoints" \
+                    else resume.parent
+                raise GenmodelsError(f"resume={resume} is a file; resume= takes the run's "
+                                     f"directory (it picks the newest whole checkpoint): "
+                                     f"resume={folder}.")
             if config.get("resume") or given_on_command_line(config, "hydra.run.dir"):
                 created = not run_dir.exists()
                 make_directory(run_dir, "hydra.run.dir")
