@@ -74,18 +74,20 @@ def run_train(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Completed
                           capture_output=True, text=True, timeout=timeout)
 
 
-def run_main(*args: str) -> None:
-    """train.py's main in this process, as `python train.py args...` would run it."""
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+def run_main(*args: str, script_name: str = "train") -> None:
+    """A script's main (train.py's by default) in this process, as `python <script>.py
+    args...` would run it."""
+    spec = importlib.util.spec_from_file_location(f"{script_name}_script",
+                                                  ROOT / f"{script_name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     # Hydra finds conf/ next to the script of a `__main__` task, as when run by path.
     script.main.__wrapped__.__module__ = "__main__"
     GlobalHydra.instance().clear()
     argv = sys.argv
-    sys.argv = ["train.py", *args]
+    sys.argv = [f"{script_name}.py", *args]
     try:
-        script.run()
+        script.run() if hasattr(script, "run") else script.main()
     finally:
         sys.argv = argv
         GlobalHydra.instance().clear()

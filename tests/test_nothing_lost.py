@@ -21,7 +21,7 @@ from genmodels.errors import GenmodelsError
 from genmodels.files import check_intact, checksum_path, write_with_checksum
 from genmodels.jobs.train import train
 
-from .conftest import FAST, SMALL_DCGAN, TINY, compose_config, run_train
+from .conftest import FAST, SMALL_DCGAN, TINY, compose_config, run_main
 
 
 def digest(path: Path) -> str:
@@ -153,7 +153,7 @@ time.sleep(120)
 """
 
 
-def test_a_second_process_is_refused_a_run_directory_in_use(tmp_path):
+def test_a_second_process_is_refused_a_run_directory_in_use(tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)],
@@ -161,29 +161,25 @@ def test_a_second_process_is_refused_a_run_directory_in_use(tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         for args in ([f"hydra.run.dir={run_dir}"], [f"resume={run_dir}"]):
-            result = run_train("model=ae", *FAST, *args, cwd=tmp_path)
-            assert result.returncode == 1
-            assert f"is in use by process {holder.pid} (" in result.stderr
-            assert "Traceback" not in result.stderr
+            with pytest.raises(SystemExit, match=rf"is in use by process {holder.pid} \("):
+                run_main("model=ae", *FAST, *args)
             assert list(run_dir.iterdir()) == []  # no log, no lock file
+        assert "Traceback" not in capsys.readouterr().err
     finally:
         holder.kill()
         holder.wait()
     # The OS let go of the lock with the killed process: the directory can be used.
-    result = run_train("model=ae", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}",
-                       cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    run_main("model=ae", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_a_sweep_directory_in_use_is_not_rewritten(tmp_path):
+def test_a_sweep_directory_in_use_is_not_rewritten(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
     (sweep_dir / "multirun.yaml").write_text("old sweep\n")
     (sweep_dir / "0_ae_digits").mkdir()
-    result = run_train("-m", "model=ae", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
-    assert result.returncode == 1
-    assert f"hydra.sweep.dir={sweep_dir} holds an earlier sweep" in result.stderr
-    assert "Traceback" not in result.stderr
+    with pytest.raises(SystemExit, match=f"hydra.sweep.dir={sweep_dir} holds an earlier sweep"):
+        run_main("-m", "model=ae", *TINY, f"hydra.sweep.dir={sweep_dir}")
+    assert "Traceback" not in capsys.readouterr().err
     assert (sweep_dir / "multirun.yaml").read_text() == "old sweep\n"
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["0_ae_digits", "multirun.yaml"]
