@@ -65,20 +65,28 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "32", "16", "bf16", 32, 16)
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
+def check_whole_number(name: str, value, low: int, high: int | None = None,
+                       note: str = "") -> None:
+    """Stop with one sentence unless `value` is a whole number (not a float or a bool)
+    from `low` to `high`."""
+    if type(value) is int and low <= value and (high is None or value <= high):
+        return
+    span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+    raise GenmodelsError(f"{name} must be a whole number {span}{note}, got {value!r}.")
+
+
 def check_run_options(cfg) -> None:
     """Stop with one sentence on a run option Lightning or PyTorch would reject with a
     traceback, or take silently: the seed, precision, validation interval, compile mode."""
-    seed = cfg.get("seed")
-    if type(seed) is not int or not 0 <= seed < 2**32:
-        raise GenmodelsError(f"seed must be a whole number from 0 to {2**32 - 1}, got {seed!r}.")
+    check_whole_number("seed", cfg.get("seed"), 0, 2**32 - 1)
     precision = cfg.trainer.get("precision", "32-true")
     if precision not in PRECISIONS:
         raise GenmodelsError(f"trainer.precision={precision!r} is not one genmodels trains in; "
                              f"valid choices: {', '.join(map(str, PRECISIONS[:3]))}.")
     every = cfg.trainer.get("check_val_every_n_epoch", 1)
-    if every is not None and (type(every) is not int or every < 1):
-        raise GenmodelsError(f"trainer.check_val_every_n_epoch must be a whole number of at "
-                             f"least 1 (or null: never validate), got {every!r}.")
+    if every is not None:
+        check_whole_number("trainer.check_val_every_n_epoch", every, 1,
+                           note=" (or null: never validate)")
     mode = (cfg.get("speed") or {}).get("compile_mode")
     if mode is not None and mode not in COMPILE_MODES:
         raise GenmodelsError(f"speed.compile_mode={mode!r}; valid choices: "

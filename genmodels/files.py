@@ -98,12 +98,15 @@ def recorded_checksums(path: Path) -> list[str]:
 def check_intact(path: str | Path) -> None:
     """Raise GenmodelsError naming `path` as damaged if it is empty, is not a whole zip
     archive (what torch.save writes), fails one of the archive's own CRC-32 checks, or
-    does not match the SHA-256 recorded when it was written (`<name>.sha256`, where one
-    was recorded)."""
+    does not match the SHA-256 recorded when it was written (`<name>.sha256`). The
+    recorded checksum, where there is one, covers every byte; the CRCs check the others."""
     path = Path(path)
     problem = None
     if path.stat().st_size == 0:
         problem = "it is empty"
+    elif expected := recorded_checksums(path):
+        if sha256_of(path) not in expected:
+            problem = f"its SHA-256 differs from the one recorded in {checksum_path(path).name}"
     else:
         try:
             with zipfile.ZipFile(path) as archive:
@@ -112,9 +115,6 @@ def check_intact(path: str | Path) -> None:
                 problem = f"its part {bad_member!r} fails its CRC check"
         except (zipfile.BadZipFile, OSError, EOFError) as error:
             problem = f"it is not a whole checkpoint archive ({error})"
-    if problem is None and (expected := recorded_checksums(path)):
-        if sha256_of(path) not in expected:
-            problem = f"its SHA-256 differs from the one recorded in {checksum_path(path).name}"
     if problem is not None:
         raise GenmodelsError(f"Checkpoint {path} is damaged: {problem}.")
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from genmodels.engine.rundirs import run_directory
 from genmodels.errors import GenmodelsError
 from genmodels.files import check_intact, checksum_path, write_with_checksum
 
@@ -46,10 +47,3 @@ class SafeCheckpointIO(TorchCheckpointIO):
         super().remove_checkpoint(path)
         if "://" not in str(path):
             checksum_path(path).unlink(missing_ok=True)
-
-
-def run_directory(checkpoint: Path) -> Path:
-    """The run a checkpoint belongs to: `<run>/checkpoints/*.ckpt`, or Lightning's SLURM
-    `<run>/hpc_ckpt_N.ckpt`."""
-    in_folder = checkpoint.parent.name == "checkpoints"
-    return checkpoint.parent.parent if in_folder else checkpoint.parent

@@ -39,6 +39,13 @@ def claim_directory(path: str | Path) -> Path:
             continue
 
 
+def run_directory(checkpoint: Path) -> Path:
+    """The run a checkpoint belongs to: `<run>/checkpoints/*.ckpt`, or Lightning's SLURM
+    `<run>/hpc_ckpt_N.ckpt`."""
+    in_folder = checkpoint.parent.name == "checkpoints"
+    return checkpoint.parent.parent if in_folder else checkpoint.parent
+
+
 def make_directory(path: Path, key: str) -> None:
     """Create `path` (and its parents) if needed, or say in one sentence why it cannot be."""
     if path.exists() and not path.is_dir():
@@ -138,11 +145,9 @@ class RunDirectory(Callback):
         try:
             resume = Path(str(config.get("resume") or ""))
             if config.get("resume") and resume.is_file():
-                folder = resume.parent.parent if resume.parent.name == "checkpoints" \
-                    else resume.parent
                 raise GenmodelsError(f"resume={resume} is a file; resume= takes the run's "
                                      f"directory (it picks the newest whole checkpoint): "
-                                     f"resume={folder}.")
+                                     f"resume={run_directory(resume)}.")
             if config.get("resume") or given_on_command_line(config, "hydra.run.dir"):
                 created = not run_dir.exists()
                 make_directory(run_dir, "hydra.run.dir")

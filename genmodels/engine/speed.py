@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from genmodels.config import check_whole_number
 from genmodels.errors import GenmodelsError
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,8 @@ def choose_cpu_threads(requested: int | None, jobs: int, cpus: int, busy: float,
     """
     if requested is not None:
         # More threads than cores never helps PyTorch, and 100,000 crashed it (SIGSEGV).
-        if type(requested) is not int or not 1 <= requested <= cpus:
-            raise GenmodelsError(f"speed.cpu_threads must be a whole number from 1 to {cpus} "
-                                 f"(this machine's cores), or null to choose; got {requested!r}.")
+        check_whole_number("speed.cpu_threads", requested, 1, cpus,
+                           note=" (this machine's cores), or null to choose")
         return requested, "speed.cpu_threads"
     if jobs > 1:
         return 1, f"{jobs} jobs run at once"

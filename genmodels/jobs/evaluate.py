@@ -19,9 +19,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genmodels.config import build, check_override_types, refuse_added_keys
+from genmodels.config import (
+    build,
+    check_override_types,
+    check_whole_number,
+    refuse_added_keys,
+)
 from genmodels.engine.console import quiet_third_party
 from genmodels.engine.hparams import curated_hparams, log_hparams_session
+from genmodels.engine.rundirs import run_directory
 from genmodels.engine.runs import checkpoint_of, load_model, read_checkpoint
 from genmodels.errors import GenmodelsError
 from genmodels.files import make_output_folder, write_text_atomically
@@ -62,13 +68,10 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     # 0 epochs scored with an untrained classifier; a negative nll_samples skipped the NLL.
     for name, low in (("classifier_epochs", 1), ("nll_samples", 0), ("batch_size", 1)):
-        if type(cfg[name]) is not int or cfg[name] < low:
-            raise GenmodelsError(f"{name} must be a whole number of at least {low}, got "
-                                 f"{cfg[name]!r}.")
+        check_whole_number(name, cfg[name], low)
     device = chosen_device(cfg.device)
     checkpoint_path = checkpoint_of(cfg)
-    run_dir = (checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints"
-               else checkpoint_path.parent)
+    run_dir = run_directory(checkpoint_path)
     name = f"{checkpoint_path.stem}_{cfg.split}" + {None: "", True: "_ema",
                                                       False: "_live"}[cfg.ema]
     json_path = Path(cfg.out) if cfg.out else run_dir / "evaluation" / f"{name}.json"

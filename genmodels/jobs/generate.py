@@ -22,9 +22,15 @@ from omegaconf import DictConfig, ListConfig
 from torchvision.utils import make_grid, save_image
 
 from genmodels import latent
-from genmodels.config import build, check_override_types, refuse_added_keys
+from genmodels.config import (
+    build,
+    check_override_types,
+    check_whole_number,
+    refuse_added_keys,
+)
 from genmodels.data.datamodule import prepare_images
 from genmodels.data.datasets import IMAGE_SUFFIXES, read_image
+from genmodels.engine.rundirs import run_directory
 from genmodels.engine.runs import checkpoint_of, load_config, load_model
 from genmodels.errors import GenmodelsError
 from genmodels.files import make_output_folder, write_atomically
@@ -234,8 +240,7 @@ def output_paths(cfg: DictConfig, checkpoint: Path) -> tuple[Path, Path]:
         stem = Path(cfg.out).expanduser()
         stem = stem.with_suffix("") if stem.suffix in (".png", ".npz") else stem
     else:
-        run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" \
-            else checkpoint.parent
+        run_dir = run_directory(checkpoint)
         detail = {"interpolate": cfg.method, "arithmetic": f"attribute{cfg.attribute}",
                   "manifold": f"{cfg.nrow}x{cfg.nrow}", "semantic": f"{cfg.nrow}x{cfg.nrow}"}
         name = f"{cfg.task}_{checkpoint.stem}_seed{cfg.seed}_{detail.get(cfg.task, f'n{cfg.num}')}"
@@ -262,16 +267,10 @@ def check_options(cfg: DictConfig) -> None:
     if cfg.task not in TASKS:
         raise GenmodelsError(f"Unknown task={cfg.task!r}; valid choices: {sorted(TASKS)}.")
 
-    def whole(name: str, low: int, high: int = MAX_IMAGES) -> None:
-        value = cfg.get(name)
-        if type(value) is not int or not low <= value <= high:
-            raise GenmodelsError(f"{name} must be a whole number from {low} to {high}, "
-                                 f"got {value!r}.")
-
-    whole("num", 1)
-    whole("nrow", 1, 316 if cfg.task in ("manifold", "semantic") else MAX_IMAGES)  # nrow^2
-    whole("rows", 1)
-    whole("steps", 2, 1000)
+    grid_side = 316 if cfg.task in ("manifold", "semantic") else MAX_IMAGES  # nrow^2 images
+    for name, low, high in (("num", 1, MAX_IMAGES), ("nrow", 1, grid_side),
+                            ("rows", 1, MAX_IMAGES), ("steps", 2, 1000)):
+        check_whole_number(name, cfg.get(name), low, high)
     labels = as_list(cfg.get("labels")) or []
     if any(type(label) is not int for label in labels):  # 1.7 drew class 1
         raise GenmodelsError(f"labels must be whole numbers (class labels), got {labels}.")

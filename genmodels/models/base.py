@@ -5,6 +5,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
+from genmodels.config import check_whole_number
 from genmodels.errors import GenmodelsError
 
 VALUE_RANGES = ([0.0, 1.0], [-1.0, 1.0])
@@ -13,8 +14,7 @@ VALUE_RANGES = ([0.0, 1.0], [-1.0, 1.0])
 def check_latent_size(name: str, value) -> None:
     """A latent space of at least one dimension (latent_dim=0 trained a VAE with no latent
     at all, its KL exactly 0)."""
-    if type(value) is not int or value < 1:
-        raise GenmodelsError(f"model.{name} must be a whole number of at least 1, got {value!r}.")
+    check_whole_number(f"model.{name}", value, 1)
 
 
 class GenerativeModel(L.LightningModule):
