@@ -198,7 +198,11 @@ def check_overrides_compose(config_dir: str, config_name: str, args: list[str]) 
     with flags (`-m`, `--help`, ...) or sweeps, and other errors, are left to Hydra."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import ConfigCompositionException, MissingConfigException
+    from hydra.errors import (
+        ConfigCompositionException,
+        MissingConfigException,
+        OverrideParseException,
+    )
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     if any(arg.startswith("-") or "," in arg for arg in args):
@@ -222,6 +226,13 @@ def check_overrides_compose(config_dir: str, config_name: str, args: list[str]) 
                 if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
                     rest = [a for a in overrides if a.split("=")[0] != cause.full_key]
                     message = unknown_key_message(cause.full_key, compose(config_name, rest))
+            except OverrideParseException:
+                tilde = [a for a in overrides if "=~" in a]
+                if tilde:  # `data_dir=~/photos`: Hydra's grammar reserves a leading ~
+                    key, value = tilde[0].split("=", 1)
+                    message = (f"Hydra cannot read {tilde[0]}: quote a value that starts "
+                               f"with ~, as in '{key}=\"{value}\"' (genmodels expands ~ and "
+                               f"$VARIABLES in paths).")
             except Exception:  # everything else: Hydra says it as it will
                 pass
     finally:
@@ -230,12 +241,18 @@ def check_overrides_compose(config_dir: str, config_name: str, args: list[str]) 
         raise GenmodelsError(message)
 
 
+# One coding size, two names: autoencoders say codings_dim, VAEs and GANs latent_dim.
+SYNONYMS = {"latent_dim": "codings_dim", "codings_dim": "latent_dim"}
+
+
 def unknown_key_message(full_key: str, config) -> str:
     parent, _, key = full_key.rpartition(".")
     node = OmegaConf.select(config, parent) if parent else config
     keys = sorted(node.keys()) if hasattr(node, "keys") else []
     where = f"under {parent}" if parent else "at the top level"
-    return (f"Unknown key {full_key}{closest(key, keys, parent)}; valid keys {where}: "
+    hint = (f" (this model calls it {parent}.{SYNONYMS[key]})" if SYNONYMS.get(key) in keys
+            else closest(key, keys, parent))
+    return (f"Unknown key {full_key}{hint}; valid keys {where}: "
             f"{', '.join(keys)} (to add a new key, write +{full_key}=...).")
 
 

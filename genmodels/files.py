@@ -13,6 +13,12 @@ from typing import BinaryIO
 from genmodels.errors import GenmodelsError
 
 
+def user_path(path: str | None) -> str | None:
+    """A path as a user writes it: `~` and `$VARIABLES` expanded (Hydra passes them as
+    text)."""
+    return os.path.expandvars(os.path.expanduser(path)) if path else path
+
+
 def write_atomically(path: str | Path, write: Callable[[BinaryIO], None],
                      before_rename: Callable[[Path], None] | None = None) -> None:
     """Write `path` through `write(file)`, all or nothing: into a temporary file in the same

@@ -160,3 +160,29 @@ def test_resume_given_a_checkpoint_file_names_its_run_directory(tmp_path, capsys
                                          rf"run's directory .*: resume={tmp_path / 'run'}\."):
         run_main(f"resume={checkpoint}")
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_newcomer_walls_of_issue_27(tmp_path, caplog):
+    # `~` in a path is expanded (quoted, since Hydra's grammar reserves a leading ~).
+    from genmodels.data.datasets import ImageFolderDataModule
+
+    assert ImageFolderDataModule(data_dir="~/photos").data_dir == str(Path.home() / "photos")
+    # The docs' own example: model=dcgan smooths labels by default; hinge has none to smooth.
+    gan = build_model("model=dcgan", "model.loss=hinge")
+    assert gan.label_smoothing == 0.0
+    assert "model.label_smoothing=0.1 is not used by the hinge loss" in caplog.text
+    # The coding size's other name is named.
+    with pytest.raises(GenmodelsError, match=r"Unknown key model.latent_dim \(this model "
+                                             r"calls it model.codings_dim\)"):
+        check_overrides_compose(str(CONF), "config", ["model=ae", "model.latent_dim=2"])
+    with pytest.raises(GenmodelsError, match=r"quote a value that starts with ~, as in "
+                                             r"'dataset.data_dir=\"~/photos\"'"):
+        check_overrides_compose(str(CONF), "config", ["dataset.data_dir=~/photos"])
+    # Samples are plain tensors: no gradient history.
+    assert not build_model("model=vae").sample(2).requires_grad
+
+
+def build_model(*overrides: str):
+    from genmodels.config import build
+
+    return build(compose_config(list(overrides)).model)

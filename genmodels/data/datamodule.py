@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torchvision.transforms.v2.functional as TF
 
 from genmodels.errors import GenmodelsError
+from genmodels.files import user_path
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class InMemoryImageDataModule(L.LightningDataModule):
         for key, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0.0 <= fraction < 1.0:
                 raise GenmodelsError(f"dataset.{key} must be in [0, 1), got {fraction!r}.")
-        self.data_dir, self.image_size, self.channels = data_dir, image_size, channels
+        self.data_dir, self.image_size, self.channels = user_path(data_dir), image_size, channels
         self.batch_size, self.value_range = batch_size, tuple(value_range)
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.download, self.keep_on_gpu = download, keep_on_gpu

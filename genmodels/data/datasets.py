@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from genmodels.data.datamodule import InMemoryImageDataModule, prepare_images
 from genmodels.errors import GenmodelsError
+from genmodels.files import user_path
 
 
 class DigitsDataModule(InMemoryImageDataModule):
@@ -63,7 +64,7 @@ class IdxDataModule(InMemoryImageDataModule):
 
     def __init__(self, images: str | None = None, labels: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.images_file, self.labels_file = images, labels
+        self.images_file, self.labels_file = user_path(images), user_path(labels)
 
     def load(self):
         if not self.images_file:

@@ -60,6 +60,7 @@ class AutoEncoder(GenerativeModel):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Decode codings drawn uniformly within the range the training codings covered.
 

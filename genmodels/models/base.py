@@ -50,6 +50,10 @@ class GenerativeModel(L.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n new images, shaped `image_shape`, with values in the model's `value_range`
+        ((0, 1) or (-1, 1); `to_unit_range` maps them to (0, 1)), computed without
+        gradients. Call it in eval mode (`model.eval()`) for batch-norm networks, as
+        `genmodels.sampling.sample_images` does."""
         raise NotImplementedError
 
     def losses(self, batch) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@ with the variants of the GAN family as configuration: losses, penalties, step ra
 experience replay, spectral norm, label conditioning, generator EMA, progressive growing."""
 
 import copy
+import logging
 import math
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from genmodels.nn.gan_losses import (
 )
 from genmodels.nn.progan import fade_real_images
 from genmodels.nn.stylegan import StyleGANGenerator
+
+log = logging.getLogger(__name__)
 
 # Images drawn to recompute the batch-norm statistics of the EMA generator.
 EMA_STATISTICS_IMAGES, EMA_STATISTICS_BATCH = 512, 128
@@ -85,6 +88,13 @@ class GAN(GenerativeModel):
         super().__init__(channels, image_size, value_range)
         check_latent_size("latent_dim", latent_dim)
         self.automatic_optimization = False
+        if label_smoothing and loss in ("hinge", "wasserstein"):
+            # A default of the model (model=dcgan smooths by 0.1) must not refuse
+            # model.loss=hinge: it has no labels to smooth.
+            log.warning("model.label_smoothing=%s is not used by the %s loss (it smooths the "
+                        "real labels of minimax, non_saturating and least_squares); ignored.",
+                        label_smoothing, loss)
+            label_smoothing = 0.0
         check_loss(loss, label_smoothing)
         if penalty is not None and penalty not in PENALTIES:
             raise GenmodelsError(
@@ -236,6 +246,7 @@ class GAN(GenerativeModel):
             return self.discriminator(images)
         return self.discriminator(images, labels)
 
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None,
                labels: torch.Tensor | list[int] | None = None,
                ema: bool | None = None, truncation: float | None = None) -> torch.Tensor:

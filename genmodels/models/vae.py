@@ -123,6 +123,7 @@ class VAE(GenerativeModel):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None,
                temperature: float = 1.0) -> torch.Tensor:
         return self.decode(temperature * self.randn(n, self.latent_dim, generator=generator))
