@@ -186,3 +186,14 @@ def build_model(*overrides: str):
     from genmodels.config import build
 
     return build(compose_config(list(overrides)).model)
+
+
+def test_resuming_a_finished_run_says_how_to_extend_it(tmp_path):
+    run_dir = tmp_path / "run"
+    train(compose_config(["model=ae", *TINY, "trainer.max_epochs=1"], run_dir))
+    summary = (run_dir / "summary.json").read_bytes()
+    with pytest.raises(GenmodelsError, match=r"has trained 1 epochs and trainer.max_epochs=1: "
+                                             r"nothing is left to train. .* "
+                                             r"trainer.max_epochs=11"):
+        train(compose_config([f"resume={run_dir}"], run_dir))
+    assert (run_dir / "summary.json").read_bytes() == summary

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genmodels.config import build
 from genmodels.engine.config_in_checkpoint import ConfigInCheckpoint
-from genmodels.engine.rundirs import run_choices
+from genmodels.engine.rundirs import run_choices, run_directory
 from genmodels.errors import GenmodelsError
 from genmodels.files import check_intact, write_text_atomically
 from genmodels.models.base import GenerativeModel
@@ -237,10 +237,12 @@ def keep_csv_history(loggers) -> None:
             writer.metrics_keys = next(csv.reader([kept.splitlines()[0]]))
 
 
-def check_checkpoint(path: str | Path, model: torch.nn.Module, fused_batches: int = 1) -> None:
+def check_checkpoint(path: str | Path, model: torch.nn.Module, fused_batches: int = 1,
+                     max_epochs: int | None = None) -> None:
     """Stop before training if a checkpoint to continue from is unreadable, was written
-    for another architecture, or switches speed.fused_batches between 1 and more; the
-    file itself is left as it is."""
+    for another architecture, switches speed.fused_batches between 1 and more, or has
+    already trained `max_epochs` epochs (Lightning would only test again); the file itself
+    is left as it is."""
     path = Path(path)
     if not path.is_file():
         raise GenmodelsError(f"ckpt_path={str(path)!r} is not a file.")
@@ -261,6 +263,13 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, fused_batches: in
             f"{missing}, unexpected {unexpected}, other shapes {reshaped}); resume with the "
             "run's own config."
         )
+    done = (((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress")
+            or {}).get("current", {}).get("processed")
+    if max_epochs not in (None, -1) and done is not None and done >= max_epochs:
+        raise GenmodelsError(
+            f"Checkpoint {path} has trained {done} epochs and trainer.max_epochs={max_epochs}: "
+            f"nothing is left to train. Continue with a larger trainer.max_epochs, e.g. "
+            f"resume={run_directory(path)} trainer.max_epochs={done + 10}.")
     # Lightning keeps the step count of automatic and of manual optimization (fused
     # batches) apart: switching would restart trainer.global_step at 0.
     saved = ((checkpoint.get("genmodels_config") or {}).get("speed") or {}).get("fused_batches", 1)

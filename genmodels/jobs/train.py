@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 # none by construction (check_fresh_output_dir), and resumes pass ckpt_path explicitly.
 warnings.filterwarnings("ignore", message=r".*ckpt_path=None\)` was called without a model")
 warnings.filterwarnings("ignore", message=r".*is set, but there is no last checkpoint available")
-# Resuming: the CSV logger's earlier rows are kept (keep_csv_history), not deleted.
+# Resuming: the CSV logger's earlier rows are kept (keep_csv_history), not deleted, and
+# the checkpoint folder is the run's own.
+warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
 warnings.filterwarnings("ignore", message=r".*Previous log files in this directory will be deleted")
 
 
@@ -124,7 +126,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg.dataset)
     model = build(cfg.model)
     if cfg.get("ckpt_path") is not None:
-        check_checkpoint(cfg.ckpt_path, model, fused)  # before Lightning touches anything
+        # Before Lightning touches anything.
+        check_checkpoint(cfg.ckpt_path, model, fused, cfg.trainer.get("max_epochs"))
     model = optimize_model(model, cfg.get("speed"))
     config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
