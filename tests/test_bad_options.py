@@ -116,7 +116,7 @@ def test_a_refused_resume_appends_nothing_to_the_runs_log(tmp_path, capsys):
     log = (run_dir / "train.log").read_bytes()
     # Refused after the start has logged its choices (threads, ...): by the checkpoint check.
     with pytest.raises(SystemExit, match="was trained with speed.fused_batches=1"):
-        run_main(f"resume={run_dir}", "speed.fused_batches=4")
+        run_main(f"resume={run_dir}", "speed.fused_batches=4", "trainer.max_epochs=2")
     assert (run_dir / "train.log").read_bytes() == log
     assert "Traceback" not in capsys.readouterr().err
 

@@ -70,6 +70,10 @@ def test_a_refused_start_changes_nothing_and_leaves_no_directory(tmp_path, capsy
         run_main(f"resume={typo}")
     with pytest.raises(SystemExit, match="dataset.batch_size must be positive"):
         run_main("dataset.batch_size=-5", f"paths.root_dir={tmp_path}")
+    # Refused on the sanity pass, after the run had written its records and loggers.
+    with pytest.raises(SystemExit, match="optimized_metric='val/lossx' is not logged"):
+        run_main("model=ae", "trainer=cpu", "trainer.enable_progress_bar=false",
+                 "optimized_metric=val/lossx", f"paths.root_dir={tmp_path}")
     assert sorted(p.name for p in (tmp_path / "logs" / "runs").iterdir()) == ["vae_run"]
     assert "Traceback" not in capsys.readouterr().err
 

@@ -4,6 +4,7 @@ until the run has passed its checks (conf/hydra/default.yaml)."""
 import itertools
 import logging
 import os
+import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -137,8 +138,10 @@ class RunDirectory(Callback):
     # An existing run's job log and its size before this process: a refused resume= takes
     # back what it appended.
     job_log: tuple[Path, int] | None = None
-    # Whether the run passed its checks and began to write its records (the job sets it).
+    # Whether the run passed its checks and began to write its records, and whether it
+    # took a training step (the job sets both).
     started = False
+    trained = False
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         run_dir = Path(str(config.hydra.run.dir))
@@ -156,7 +159,7 @@ class RunDirectory(Callback):
                 with read_write(config.hydra), open_dict(config.hydra):
                     config.hydra.run.dir = str(run_dir)
             RunDirectory.created = run_dir.absolute() if created else None
-            RunDirectory.started = False
+            RunDirectory.started = RunDirectory.trained = False
             lock_directory(run_dir, "run")
             job_log = run_dir.absolute() / f"{config.hydra.job.name}.log"
             RunDirectory.job_log = (job_log, job_log.stat().st_size) if job_log.is_file() else None
@@ -196,28 +199,26 @@ class RunDirectory(Callback):
 
     @staticmethod
     def discard_if_unused() -> None:
-        """Remove the directory this run created if the run wrote nothing there but its
-        log (it was refused before training); in a directory it did not create, take back
-        the lines it appended to the job log. Nothing is touched once the run started."""
-        if RunDirectory.started:
-            return
-        if RunDirectory.created is None and RunDirectory.job_log is not None:
+        """After a start that was refused (or failed) before its first training step:
+        remove the directory this run created, whatever it had begun to write there (its
+        log, records, the sanity check's logger folders); in a directory it did not
+        create, take back the lines it appended to the job log, unless it had begun to
+        write its records."""
+        if RunDirectory.created is None and RunDirectory.job_log is not None \
+                and not RunDirectory.started:
             path, size = RunDirectory.job_log
             if path.is_file() and path.stat().st_size > size:
                 with open(path, "r+b") as file:
                     file.truncate(size)
         run_dir = RunDirectory.created
-        if run_dir is None or not run_dir.is_dir():
+        if RunDirectory.trained or run_dir is None or not run_dir.is_dir():
             return
-        job_log = run_dir / f"{HydraConfig.get().job.name}.log"
-        if all(path == job_log for path in run_dir.iterdir()):
-            root = logging.getLogger()
-            for handler in list(root.handlers):  # Hydra's handler of that log
-                if getattr(handler, "baseFilename", None) == str(job_log):
-                    root.removeHandler(handler)
-                    handler.close()
-            job_log.unlink(missing_ok=True)
-            run_dir.rmdir()
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # Hydra's handler of the job log
+            if Path(getattr(handler, "baseFilename", "/")).parent == run_dir:
+                root.removeHandler(handler)
+                handler.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
         RunDirectory.created = None
 
 

@@ -164,6 +164,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise
     except SystemExit as stop:  # SIGTERM or Ctrl-C, after saving interrupted.ckpt
         raise exit_after_signal(stop, trainer, output_dir) from None
+    finally:
+        # A run that took a training step keeps its directory, whatever stopped it.
+        RunDirectory.trained = trainer.global_step > 0
     metrics = callback_metrics(trainer)
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, verbose=False)
