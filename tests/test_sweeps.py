@@ -112,3 +112,21 @@ def job_dir(sweep: Path, name: str, overrides: list[str], metrics: dict | None,
         summary = {"metrics": metrics or {}} | ({"status": "failed", "error": error}
                                                 if error else {})
         (job / "summary.json").write_text(json.dumps(summary))
+
+
+def test_a_job_that_trained_then_failed_is_listed_as_failed(tmp_path, monkeypatch):
+    # `-m callbacks=quality optimized_metric=val/fd_classifier trainer.max_epochs=1`: the
+    # run trains and writes an `ok` summary, then its metric is missing.
+    from types import SimpleNamespace
+
+    from genmodels.jobs.sweeps import record_failed_job
+
+    hydra = SimpleNamespace(runtime=SimpleNamespace(output_dir=str(tmp_path)),
+                            overrides=SimpleNamespace(task=["optimized_metric=val/x"]))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra))
+    for before, after in (("ok", "failed"), ("diverged", "diverged")):
+        (tmp_path / "summary.json").write_text(json.dumps({"status": before}))
+        record_failed_job(ValueError("optimized_metric='val/x' was not logged"))
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["status"] == after
+        assert summary["error"] == "optimized_metric='val/x' was not logged"

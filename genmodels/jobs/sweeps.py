@@ -23,7 +23,8 @@ HIGHER_IS_BETTER = ("elbo", "acc", "precision", "recall", "density", "coverage",
 
 def record_failed_job(error: BaseException) -> None:
     """Note in a sweep job's `summary.json` that it failed, and why (one line), so the
-    sweep table lists it. A status the run already wrote (e.g. diverged) is kept."""
+    sweep table lists it. A diverged run stays `diverged`; a run that trained and then
+    failed (its optimized metric was never logged, say) becomes `failed`, not `ok`."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.get()
@@ -31,7 +32,8 @@ def record_failed_job(error: BaseException) -> None:
     job_dir.mkdir(parents=True, exist_ok=True)
     summary_file = job_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    summary.setdefault("status", "failed")
+    if summary.get("status") != "diverged":
+        summary["status"] = "failed"
     summary.setdefault("overrides", list(hydra.overrides.task))
     summary["error"] = (str(error).strip().splitlines() or [type(error).__name__])[0]
     write_text_atomically(summary_file, json.dumps(summary, indent=2) + "\n")

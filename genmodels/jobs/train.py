@@ -220,6 +220,8 @@ def save_config(config: dict, output_dir: Path, command: DictConfig) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     save_hydra_record(command, output_dir)
     write_text_atomically(output_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
+    # Said first, not only at the end: where to look while it trains.
+    log.info("Run directory: %s (config.yaml, checkpoints/, logs)", output_dir.resolve())
 
 
 @rank_zero_only
