@@ -1,7 +1,7 @@
 """Metrics of a trained model: `python evaluate.py run=<run directory>`.
 
-Writes <run>/evaluation/<checkpoint>_<split>.json and logs to the run's TensorBoard;
-options are in conf/evaluate.yaml (`python evaluate.py --help`).
+Writes <run>/evaluation/<checkpoint>_step<N>_<split>_<options digest>.json and logs to the
+run's TensorBoard; options are in conf/evaluate.yaml (`python evaluate.py --help`).
 """
 
 import sys

@@ -112,6 +112,19 @@ def check_learning_rates(node, path: str = "model") -> None:
                 )
 
 
+def options_digest(cfg, leave_out: tuple[str, ...]) -> str:
+    """Six hex digits that change with any option of `cfg` but those in `leave_out`: a
+    short name for a combination of options, so that different outputs never share a
+    file name."""
+    import hashlib
+    import json
+
+    options = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+               if k not in leave_out}
+    text = json.dumps(options, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
+
+
 def check_override_types() -> None:
     """Stop with one sentence when a command-line `key=value` has another type than the
     key's default (`trainer.max_epochs=ten`, `dataset.batch_size=1.5`), before anything is

@@ -369,7 +369,7 @@ def test_generate_truncates_stylegan_samples_and_refuses_other_gans(tmp_path):
     assert np.array_equal(psi_07, expected.numpy()) and not np.array_equal(psi_07, none)
     spread = [a.astype(float).std(0).mean() for a in (psi_0, psi_07)]  # over the samples
     assert spread[0] < 0.5 * spread[1]
-    assert (tmp_path / "generated" / "samples_stylegan_seed0_n16_trunc0.7.png").exists()
+    assert list((tmp_path / "generated").glob("samples_stylegan_step*_seed0_n16_trunc0.7_*.png"))
     with pytest.raises(GenmodelsError, match="needs a StyleGAN generator"):
         build(compose_config(["model=dcgan"], tmp_path).model).sample(2, truncation=0.7)
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,9 @@ def classifier_cache(tmp_path_factory) -> Path:
 
 def test_generate_writes_seeded_samples_and_never_overwrites(vae_run, tmp_path):
     png, npz = generate(tool_config("generate", f"run={vae_run}", "num=12", "seed=3"))
-    assert png == vae_run / "generated" / "samples_last_seed3_n12.png" and png.exists()
+    assert png.parent == vae_run / "generated" and png.exists()
+    step = torch.load(vae_run / "checkpoints/last.ckpt", weights_only=False)["global_step"]
+    assert re.fullmatch(rf"samples_last_step{step}_seed3_n12_[0-9a-f]{{6}}\.png", png.name)
     images = np.load(npz)["images"]
     assert images.shape == (12, 1, 28, 28) and images.dtype == np.uint8
     _, again = generate(tool_config("generate", f"run={vae_run}", "num=12", "seed=3",
@@ -74,6 +77,10 @@ def test_generate_writes_seeded_samples_and_never_overwrites(vae_run, tmp_path):
                                      "num=12", "seed=3", "temperature=0.1",
                                      f"out={tmp_path / 'cold.png'}"))
     assert np.load(colder)["images"].std(0).mean() < images.std(0).mean()
+    # Another option, by default: a file of its own, not a refusal of the earlier one.
+    warmer, _ = generate(tool_config("generate", f"run={vae_run}", "num=12", "seed=3",
+                                     "temperature=0.7"))
+    assert warmer != png and warmer.name.startswith(f"samples_last_step{step}_seed3_n12_")
 
 
 def test_generate_reconstructs_dataset_images_and_files(vae_run, tmp_path):
@@ -225,8 +232,10 @@ def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache,
     monkeypatch.setattr("genmodels.jobs.evaluate.PROGRESS_FROM", 300)  # long from 300 on here
     result = evaluate(cfg)
     assert "Sampling" in capsys.readouterr().err  # the progress bar of a long evaluation
-    path = vae_run / "evaluation" / "last_test.json"
+    path = max((vae_run / "evaluation").glob("last_step*_test_*.json"),
+               key=lambda p: p.stat().st_mtime)
     assert json.loads(path.read_text()) == result
+    assert re.fullmatch(rf"last_step{result['global_step']}_test_[0-9a-f]{{6}}\.json", path.name)
     metrics = result["metrics"]
     for name in ("fd_classifier", "kid_classifier", "precision", "recall", "density",
                  "coverage", "modes_covered", "kl_to_real_classes", "reconstruction_mse",
@@ -244,14 +253,14 @@ def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache,
                                       generator=torch.Generator().manual_seed(0))
     assert metrics["nll_importance_sampled"] == pytest.approx(expected, rel=1e-6)
     assert 0 < metrics["nll_importance_sampled"] < negative_elbo(model, images) + 5
-    events = EventAccumulator(str(vae_run / "tensorboard" / "evaluation" / "last_test"))
+    events = EventAccumulator(str(vae_run / "tensorboard" / "evaluation" / path.stem))
     events.Reload()
     assert "eval/fd_classifier" in events.Tags()["scalars"]
     # A row of its own in the HPARAMS table, with the run's hyperparameters.
     table = hparams_table(vae_run / "tensorboard")
-    assert table["evaluation/last_test"]["hparams"] == table["hparams"]["hparams"]
-    assert table["evaluation/last_test"]["hparams"]["model"] == "vae"
-    assert "eval/fd_classifier" in table["evaluation/last_test"]["metrics"]
+    row = table[f"evaluation/{path.stem}"]
+    assert row["hparams"] == table["hparams"]["hparams"] and row["hparams"]["model"] == "vae"
+    assert "eval/fd_classifier" in row["metrics"]
     with pytest.raises(GenmodelsError, match="refusing to overwrite"):
         evaluate(cfg)
 
@@ -508,8 +517,9 @@ def test_generate_and_evaluate_use_the_ema_generator_unless_told_otherwise(gan_r
                                       f"classifier_cache={classifier_cache}",
                                       "classifier_epochs=2"))
         scores[ema] = result["metrics"]["fd_classifier"]
-    assert {p.name for p in (run / "evaluation").iterdir()} == {
-        "last_test.json", "last_test_ema.json", "last_test_live.json"}
+    names = sorted(p.name.split("_step")[1].split("_", 1)[1]
+                   for p in (run / "evaluation").iterdir())
+    assert [name[:-len("_123456.json")] for name in names] == ["test", "test_ema", "test_live"]
     assert scores["null"] == scores["true"] != scores["false"]
 
 

@@ -64,7 +64,11 @@ def load_config(path: str | Path) -> dict:
 
 def load_model(path: str | Path, map_location: str = "cpu") -> GenerativeModel:
     """Rebuild a trained model, in eval mode, from a checkpoint or run directory."""
-    checkpoint = read_checkpoint(path, map_location)
+    return model_from_checkpoint(read_checkpoint(path, map_location))
+
+
+def model_from_checkpoint(checkpoint: dict) -> GenerativeModel:
+    """The trained model, in eval mode, of a checkpoint already read (`read_checkpoint`)."""
     model = build(checkpoint[ConfigInCheckpoint.key]["model"])
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()

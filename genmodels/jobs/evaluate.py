@@ -23,12 +23,13 @@ from genmodels.config import (
     build,
     check_override_types,
     check_whole_number,
+    options_digest,
     refuse_added_keys,
 )
 from genmodels.engine.console import quiet_third_party
 from genmodels.engine.hparams import curated_hparams, log_hparams_session
 from genmodels.engine.rundirs import run_directory
-from genmodels.engine.runs import checkpoint_of, load_model, read_checkpoint
+from genmodels.engine.runs import checkpoint_of, model_from_checkpoint, read_checkpoint
 from genmodels.errors import GenmodelsError
 from genmodels.files import make_output_folder, write_text_atomically
 from genmodels.metrics.classifier import classifier_for
@@ -56,8 +57,9 @@ def vae_nll(model, images: torch.Tensor, k: int, batch_size: int, seed: int = 0)
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Evaluate the run's checkpoint; write <run>/evaluation/<checkpoint>_<split>.json and
-    log the metrics to <run>/tensorboard/evaluation. Returns the JSON's content."""
+    """Evaluate the run's checkpoint; write
+    <run>/evaluation/<checkpoint>_step<N>_<split>_<options digest>.json and log the metrics
+    to <run>/tensorboard/evaluation. Returns the JSON's content."""
     quiet_third_party()
     check_override_types()  # `num_samples=many`: one sentence, not a TypeError
     refuse_added_keys()  # `+metrics=[fid]`: nothing reads it
@@ -71,9 +73,14 @@ def evaluate(cfg: DictConfig) -> dict:
         check_whole_number(name, cfg[name], low)
     device = chosen_device(cfg.device)
     checkpoint_path = checkpoint_of(cfg)
+    checkpoint = read_checkpoint(checkpoint_path)
     run_dir = run_directory(checkpoint_path)
-    name = f"{checkpoint_path.stem}_{cfg.split}" + {None: "", True: "_ema",
-                                                      False: "_live"}[cfg.ema]
+    # Named by the checkpoint and its step, the split, and a digest of every other option:
+    # different measurements never share a name.
+    digest = options_digest(cfg, leave_out=("run", "ckpt", "out", "overwrite", "device",
+                                            "classifier_cache", "batch_size"))
+    name = (f"{checkpoint_path.stem}_step{checkpoint.get('global_step', 0)}_{cfg.split}"
+            + {None: "", True: "_ema", False: "_live"}[cfg.ema] + f"_{digest}")
     json_path = Path(cfg.out) if cfg.out else run_dir / "evaluation" / f"{name}.json"
     if json_path.exists() and not cfg.overwrite:
         raise GenmodelsError(f"{json_path} already exists; refusing to overwrite it. Pass "
@@ -81,9 +88,8 @@ def evaluate(cfg: DictConfig) -> dict:
     make_output_folder(json_path.parent)
     if cfg.inception_weights:
         check_inception_available(cfg.inception_weights)  # fail before the long part
-    checkpoint = read_checkpoint(checkpoint_path)
     config = checkpoint["genmodels_config"]
-    model = load_model(checkpoint_path).to(device)
+    model = model_from_checkpoint(checkpoint).to(device)
     sampling_options(model, temperature=cfg.temperature, ema=cfg.ema)  # clear errors first
 
     datamodule = build(config["dataset"])

@@ -26,12 +26,18 @@ from genmodels.config import (
     build,
     check_override_types,
     check_whole_number,
+    options_digest,
     refuse_added_keys,
 )
 from genmodels.data.datamodule import prepare_images
 from genmodels.data.datasets import IMAGE_SUFFIXES, read_image
 from genmodels.engine.rundirs import run_directory
-from genmodels.engine.runs import checkpoint_of, load_config, load_model
+from genmodels.engine.runs import (
+    checkpoint_of,
+    load_config,
+    model_from_checkpoint,
+    read_checkpoint,
+)
 from genmodels.errors import GenmodelsError
 from genmodels.files import make_output_folder, write_atomically
 from genmodels.sampling import chosen_device, from_uint8, interleave_rows, sample_images, to_uint8
@@ -233,9 +239,11 @@ def dataset_images(cfg: DictConfig, split: str) -> torch.Tensor:
     return split_images(run_datamodule(cfg), split)
 
 
-def output_paths(cfg: DictConfig, checkpoint: Path) -> tuple[Path, Path]:
-    """<out>.png and <out>.npz; by default in the run's `generated/` folder. Existing
-    files are never overwritten."""
+def output_paths(cfg: DictConfig, checkpoint: Path, step: int) -> tuple[Path, Path]:
+    """<out>.png and <out>.npz; by default in the run's `generated/` folder, named by the
+    task, the checkpoint and its training step, the seed, and a digest of every other
+    option, so that different outputs never share a name. Existing files are never
+    overwritten."""
     if cfg.out:
         stem = Path(cfg.out).expanduser()
         stem = stem.with_suffix("") if stem.suffix in (".png", ".npz") else stem
@@ -243,12 +251,14 @@ def output_paths(cfg: DictConfig, checkpoint: Path) -> tuple[Path, Path]:
         run_dir = run_directory(checkpoint)
         detail = {"interpolate": cfg.method, "arithmetic": f"attribute{cfg.attribute}",
                   "manifold": f"{cfg.nrow}x{cfg.nrow}", "semantic": f"{cfg.nrow}x{cfg.nrow}"}
-        name = f"{cfg.task}_{checkpoint.stem}_seed{cfg.seed}_{detail.get(cfg.task, f'n{cfg.num}')}"
+        digest = options_digest(cfg, leave_out=("run", "ckpt", "out", "device"))
+        name = (f"{cfg.task}_{checkpoint.stem}_step{step}_seed{cfg.seed}_"
+                f"{detail.get(cfg.task, f'n{cfg.num}')}")
         if cfg.task == "samples" and cfg.ema is not None:
             name += "_ema" if cfg.ema else "_live"
         if cfg.task == "samples" and cfg.get("truncation") is not None:
             name += f"_trunc{cfg.truncation}"
-        stem = run_dir / "generated" / name
+        stem = run_dir / "generated" / f"{name}_{digest}"
     png, npz = stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.npz"
     for path in (png, npz):
         if path.exists():
@@ -290,10 +300,11 @@ def generate(cfg: DictConfig) -> tuple[Path, Path]:
     refuse_added_keys()
     check_options(cfg)
     device = chosen_device(cfg.device)
-    checkpoint = checkpoint_of(cfg)
-    png, npz = output_paths(cfg, checkpoint)
+    checkpoint_path = checkpoint_of(cfg)
+    checkpoint = read_checkpoint(checkpoint_path)
+    png, npz = output_paths(cfg, checkpoint_path, checkpoint.get("global_step", 0))
     make_output_folder(png.parent)
-    model = load_model(checkpoint).to(device)
+    model = model_from_checkpoint(checkpoint).to(device)
     check_task(model, cfg.task)
     images, extra, nrow = TASKS[cfg.task](model, cfg)
     grid = make_grid(images.float() / 255, nrow=nrow, padding=2, pad_value=1.0)
