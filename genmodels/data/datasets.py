@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 
 from genmodels.data.datamodule import InMemoryImageDataModule, prepare_images
 from genmodels.errors import GenmodelsError
-from genmodels.files import user_path
+from genmodels.files import user_path, write_atomically
 
 
 class DigitsDataModule(InMemoryImageDataModule):
@@ -192,8 +192,8 @@ class CelebADataModule(TorchvisionDataModule):
                 ])
                 data = {"images": images, "attributes": dataset.attr.bool(),
                         "names": [n for n in dataset.attr_names if n]}
-                torch.save(data, cache.with_suffix(".tmp"))
-                cache.with_suffix(".tmp").replace(cache)  # atomic: no half-written cache
+                # Never half a cache.
+                write_atomically(cache, lambda file, data=data: torch.save(data, file))
             data = torch.load(cache)
             self.attribute_names = data["names"]
             self.attributes[split] = data["attributes"]

@@ -129,9 +129,9 @@ class RunDirectory(Callback):
     command line (`hydra.run.dir=...`, or the run continued with `resume=`) is used as it
     is; `hydra.sweep.dir=...` must be new or empty (a sweep's records are not rewritten by
     another). A run or sweep holds an OS lock on its directory while it lives: a second
-    process that would write into it is refused. A run that fails before it wrote anything
-    there (a refused start) takes away the directory it created, so no empty run is left
-    behind."""
+    process that would write into it is refused. A run refused or failed before its first
+    training step takes away the directory it created (discard_if_unused), so no empty run
+    is left behind."""
 
     # The directory this process's run created, if any (one run per process).
     created: Path | None = None
