@@ -245,7 +245,7 @@ class BareGANStep(BareStep):
             labels = labels[: len(real)] if labels is not None else None
         if gan.growth is not None:
             real = gan.grow_for_step(real, self.d_steps_taken, world_size=1)
-        fake, fake_labels = gan.fakes_for_discriminator(len(real))
+        fake, fake_labels = gan.fakes_for_discriminator(len(real), labels)
         if gan.replay is not None:
             fake, fresh = gan.replay.mix(fake), fake
             gan.replay.push(fresh)

@@ -127,6 +127,54 @@ def test_spectral_norm_bounds_every_layer_of_d_by_one(tmp_path):
         build(compose_config(["model=progan", "+model.spectral_norm=true"], tmp_path).model)
 
 
+
+class LabelledConstantImages(nn.Module):
+    """A conditional 'generator': a learnable image plus the class label / 10; records the
+    labels it was asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.image = nn.Parameter(torch.full((1, 1, 4, 4), 0.05))
+        self.labels_asked = []
+
+    def forward(self, z, labels):
+        self.labels_asked.append(labels.clone())
+        return self.image.expand(len(z), -1, -1, -1) + labels.view(-1, 1, 1, 1) / 10
+
+
+class LabelledCritic(LinearCritic):
+    """D(x, y) = <w, x> + y; records the images and labels of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, labels):
+        self.calls.append((x.detach().clone(), labels.clone()))
+        return super().forward(x) + labels
+
+
+def test_conditional_d_sees_fakes_of_the_real_batchs_classes_and_penalizes_within_a_class():
+    # Real images are their class / 10; so are G's fakes, plus a constant image.
+    torch.manual_seed(0)
+    labels = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
+    real = (labels.float() / 10).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    sgd = partial(torch.optim.SGD, lr=0.01)
+    gan = GAN(LabelledConstantImages(), LabelledCritic(), latent_dim=2, g_optimizer=sgd,
+              d_optimizer=sgd, channels=1, image_size=4, value_range=[-1.0, 1.0],
+              num_classes=10, penalty="gradient_penalty")
+    toy_trainer(max_steps=1).fit(gan, DataLoader(TensorDataset(real, labels), batch_size=8))
+    # D's step: reals, fakes, then the penalty's interpolates; each scored with the
+    # labels of the real batch, so an interpolate lies between two images of its class.
+    (real_seen, real_labels), (fake_seen, fake_labels), (mixed, mixed_labels) = \
+        gan.discriminator.calls[:3]
+    assert torch.equal(real_labels, labels) and torch.equal(gan.generator.labels_asked[0], labels)
+    assert torch.equal(fake_labels, labels) and torch.equal(mixed_labels, labels)
+    fake_offset = fake_seen - real_seen  # the constant image: the same for every class
+    assert torch.allclose(fake_offset, fake_offset[:1].expand_as(fake_offset))
+    t = (mixed - real_seen) / fake_offset
+    assert torch.allclose(t, t[:, :, :1, :1].expand_as(t), atol=1e-5)  # one t per image
+
 # ----- ProGAN -----------------------------------------------------------------------------------
 
 

@@ -53,7 +53,8 @@ class GAN(GenerativeModel):
       - `spectral_norm`: spectral normalization of every layer of D;
       - `ema_decay`: keep an exponential moving average of G, used by `sample` (its
         batch-norm statistics are recomputed for its own weights before it samples);
-      - `num_classes`: conditional GAN; G and D are called as G(z, y) and D(x, y);
+      - `num_classes`: conditional GAN; G and D are called as G(z, y) and D(x, y); the
+        fakes of D's step are drawn for the real batch's classes;
       - `growth`: a progressive-growing schedule (genmodels/nn/progan.py) that sets the
         resolution stage and fade-in of G and D from the number of real images D has
         seen over all processes; the real images are faded between resolutions as well;
@@ -137,7 +138,7 @@ class GAN(GenerativeModel):
             labels = labels[: len(real)] if labels is not None else None
         if self.growth is not None:
             real = self.grow_for_step(real, self.discriminator_steps, self.trainer.world_size)
-        fake, fake_labels = self.fakes_for_discriminator(len(real))
+        fake, fake_labels = self.fakes_for_discriminator(len(real), labels)
         if self.replay is not None:
             fake, fresh = self.replay.mix(fake), fake
             self.replay.push(fresh)
@@ -160,13 +161,16 @@ class GAN(GenerativeModel):
         return {"log": d_logs | g_logs}  # logged by the engine as train/<name>
 
     @torch.no_grad()
-    def fakes_for_discriminator(self, n: int):
-        """n images (and labels) from G for a D step, without gradients."""
+    def fakes_for_discriminator(self, n: int, labels: torch.Tensor | None):
+        """n images from G for a D step, without gradients. A conditional GAN draws them
+        for the real batch's `labels`: D sees every class as often among fakes as among
+        reals, and a gradient penalty's interpolate between a real and a fake image lies
+        between two images of the one class it is scored as."""
         if not self.eval_generator_for_d:
-            return self.generate(n)
+            return self.generate(n, labels=labels)
         self.generator.eval()
         try:
-            return self.generate(n)
+            return self.generate(n, labels=labels)
         finally:
             self.generator.train()
 
@@ -413,7 +417,7 @@ class GAN(GenerativeModel):
         real, labels = self.real_batch(batch)
         if self.growth is not None:
             real = self.fade_reals(real)
-        fake, fake_labels = self.generate(len(real))
+        fake, fake_labels = self.generate(len(real), labels=labels)
         # A penalty differentiates D by its input: grad on, and no inference-mode tensors.
         with torch.inference_mode(False), torch.enable_grad():
             logs = self.discriminator_losses(*(None if t is None else t.clone()
@@ -421,7 +425,7 @@ class GAN(GenerativeModel):
         logs = {name: value.detach() for name, value in logs.items()}
         logs["g_loss"] = generator_loss(self.loss, self.discriminate(fake, fake_labels))
         if self.generator_ema is not None:
-            ema_fake, ema_labels = self.generate(len(real), self.ema_generator())
+            ema_fake, ema_labels = self.generate(len(real), self.ema_generator(), labels=labels)
             ema_out = self.discriminate(ema_fake, ema_labels)
             logs["ema_g_loss"] = generator_loss(self.loss, ema_out)
             logs["ema_d_fake"] = ema_out.float().mean()
