@@ -18,6 +18,39 @@ def test_dcgan_networks_derive_their_shapes_from_the_image_size(size):
     assert DCGANDiscriminator(channels=3, image_size=size)(images).shape == (4,)
 
 
+
+def layer_kinds(network: torch.nn.Module) -> list[str]:
+    """The layers of the DCGANGenerator in `network` (a conditional one wraps it)."""
+    generator = next(m for m in network.modules() if isinstance(m, DCGANGenerator))
+    return [type(layer).__name__ for layer in generator.net]
+
+
+def test_dcgan_generators_order_batch_norm_as_their_source_does(tmp_path):
+    # The DCGAN paper (Radford et al., 2016): project -> BN -> ReLU, conv -> BN -> ReLU.
+    paper = build(compose_config(["model=dcgan64", "dataset.image_size=32"], tmp_path).model)
+    assert layer_kinds(paper.generator) == [
+        "Linear", "Unflatten", "BatchNorm2d", "ReLU",
+        *["ConvTranspose2d", "BatchNorm2d", "ReLU"] * 3, "ConvTranspose2d", "Tanh"]
+    # So every transposed conv reads rectified, batch-normalized features: >= 0, and in
+    # training mode each channel's pre-activation has batch mean 0 (half of it is cut).
+    inputs = []
+    for conv in (m for m in paper.generator.modules() if isinstance(m, torch.nn.ConvTranspose2d)):
+        conv.register_forward_hook(lambda module, args, out: inputs.append(args[0]))
+    paper.generator.train()(torch.randn(16, 100))
+    assert len(inputs) == 4 and all((x >= 0).all() and (x == 0).any() for x in inputs)
+    # Geron's Keras DCGAN: Dense -> BN (no activation), conv -> SELU -> BN (SELU is an ELU
+    # with SELU's alpha and scale here).
+    book = build(compose_config(["model=dcgan"], tmp_path).model)
+    assert layer_kinds(book.generator) == [
+        "Linear", "Unflatten", "BatchNorm2d", "ConvTranspose2d", "ELU", "BatchNorm2d",
+        "ConvTranspose2d", "Tanh"]
+    for name in ("cgan", "wgan_gp"):  # DCGAN-shaped networks take the paper's order
+        generator = build(compose_config([f"model={name}"], tmp_path).model).generator
+        assert layer_kinds(generator)[2:4] == ["BatchNorm2d", "ReLU"]
+    with pytest.raises(GenmodelsError, match="Unknown batch_norm_order 'bn_first'; valid "
+                                             "choices: before_activation, after_activation"):
+        DCGANGenerator(8, 1, 28, batch_norm_order="bn_first")
+
 def test_unsupported_sizes_name_the_valid_ones():
     with pytest.raises(GenmodelsError, match="divisible by 4, got 30; valid sizes include 16"):
         DCGANGenerator(latent_dim=8, channels=1, image_size=30)

@@ -161,7 +161,7 @@ class GAN(GenerativeModel):
         return {"log": d_logs | g_logs}  # logged by the engine as train/<name>
 
     @torch.no_grad()
-    def fakes_for_discriminator(self, n: int, labels: torch.Tensor | None):
+    def fakes_for_discriminator(self, n: int, labels: torch.Tensor | None = None):
         """n images from G for a D step, without gradients. A conditional GAN draws them
         for the real batch's `labels`: D sees every class as often among fakes as among
         reals, and a gradient penalty's interpolate between a real and a fake image lies

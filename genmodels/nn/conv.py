@@ -39,42 +39,60 @@ def start_size(image_size: int, num_doublings: int, network: str) -> int:
     return image_size // factor
 
 
+BATCH_NORM_ORDERS = ("before_activation", "after_activation")
+
+
 class DCGANGenerator(nn.Module):
     """z -> dense -> (widths[0], s, s) -> stride-2 transposed convs -> image.
 
     Each transposed conv doubles the size, so s = image_size / 2**len(widths). Batch norm
-    follows the reshape and every hidden transposed conv (Radford et al., 2016); the
-    output layer has none. `batch_norm_momentum`/`batch_norm_eps` are PyTorch's (Keras'
-    momentum 0.99 is 0.01 here); `init`: "torch" or "glorot" (Keras, see `apply_init`).
+    follows the reshape and every hidden transposed conv; the output layer has none.
+    `batch_norm_order`:
+      - "before_activation": the DCGAN paper's blocks (Radford et al., 2016; its code):
+        project -> BN -> activation, then transposed conv -> BN -> activation;
+      - "after_activation": Geron's Keras DCGAN (Hands-On ML, ch. 17): the projection
+        stays linear (Dense -> BN) and each transposed conv carries its activation, then BN.
+    Without batch norm, the projection takes the activation in the paper's order only.
+    `batch_norm_momentum`/`batch_norm_eps` are PyTorch's (Keras' momentum 0.99 is 0.01
+    here); `init`: "torch" or "glorot" (Keras, see `apply_init`).
     """
 
     def __init__(self, latent_dim: int, channels: int, image_size: int,
                  widths: list[int] = (128, 64), kernel_size: int = 5,
                  activation: str = "selu", output_activation: str = "tanh",
                  batch_norm: bool = True, batch_norm_momentum: float = 0.1,
-                 batch_norm_eps: float = 1e-5, init: str = "torch"):
+                 batch_norm_eps: float = 1e-5, init: str = "torch",
+                 batch_norm_order: str = "after_activation"):
         super().__init__()
         check_image_shape(channels, image_size)
+        if batch_norm_order not in BATCH_NORM_ORDERS:
+            raise GenmodelsError(f"Unknown batch_norm_order {batch_norm_order!r}; valid "
+                                 f"choices: {', '.join(BATCH_NORM_ORDERS)}.")
         start = start_size(image_size, len(widths), "DCGANGenerator")
         pad = same_padding(kernel_size)
-        layers: list[nn.Module] = [
-            nn.Linear(latent_dim, widths[0] * start * start),
-            nn.Unflatten(1, (widths[0], start, start)),
-        ]
-        def norm(width: int) -> nn.BatchNorm2d:
-            return nn.BatchNorm2d(width, eps=batch_norm_eps, momentum=batch_norm_momentum)
+        paper_order = batch_norm_order == "before_activation"
 
-        if batch_norm:
-            layers.append(norm(widths[0]))
+        def norm(width: int) -> list[nn.Module]:
+            if not batch_norm:
+                return []
+            return [nn.BatchNorm2d(width, eps=batch_norm_eps, momentum=batch_norm_momentum)]
+
+        projection = nn.Linear(latent_dim, widths[0] * start * start)
+        layers: list[nn.Module] = [projection, nn.Unflatten(1, (widths[0], start, start)),
+                                   *norm(widths[0])]
+        if paper_order:
+            init_for_activation(projection, activation)
+            layers.append(make_activation(activation))
         for i, (n_in, n_out) in enumerate(zip(widths, [*widths[1:], channels], strict=True)):
             is_output = i == len(widths) - 1
             act = output_activation if is_output else activation
             conv = ConvTranspose2d(n_in, n_out, kernel_size, stride=2, padding=pad,
                                       output_padding=1)
             init_for_activation(conv, act)
-            layers += [conv, make_activation(act)]
-            if batch_norm and not is_output:
-                layers.append(norm(n_out))
+            block = [conv, make_activation(act)] if is_output else (
+                [conv, *norm(n_out), make_activation(act)] if paper_order
+                else [conv, make_activation(act), *norm(n_out)])
+            layers += block
         self.net = apply_init(nn.Sequential(*layers), init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
