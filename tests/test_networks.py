@@ -6,6 +6,7 @@ import torch
 from genmodels.config import build
 from genmodels.errors import GenmodelsError
 from genmodels.nn import DCGANDiscriminator, DCGANGenerator, DenseDecoder, DenseEncoder
+from genmodels.nn.layers import output_activation
 
 from .conftest import compose_config
 
@@ -74,3 +75,44 @@ def test_dense_autoencoder_has_the_classic_layer_sizes(tmp_path):
 def test_dense_decoder_outputs_images():
     assert DenseDecoder(latent_dim=3, channels=3, image_size=5,
                         hidden_sizes=[7])(torch.randn(2, 3)).shape == (2, 3, 5, 5)
+
+
+GAN_CONFIGS = ["gan", "gan_upsample", "dcgan", "dcgan64", "cgan", "wgan_gp", "progan",
+               "stylegan"]
+
+
+@pytest.mark.parametrize("name", GAN_CONFIGS)
+def test_the_output_activation_found_is_the_last_one_each_generator_runs(name, tmp_path):
+    overrides = [f"model={name}"] + (["dataset.image_size=32"] if name == "dcgan64" else [])
+    gan = build(compose_config(overrides, tmp_path).model)
+    found = output_activation(gan.generator)
+    ran = []
+    for layer in gan.generator.modules():
+        if isinstance(layer, type(found)):
+            layer.register_forward_hook(lambda module, args, out: ran.append(module))
+    gan.generate(2)
+    assert ran[-1] is found
+    # and it makes the model's value range: tanh for [-1, 1], sigmoid for [0, 1]
+    assert type(found) is {(-1.0, 1.0): torch.nn.Tanh, (0.0, 1.0): torch.nn.Sigmoid}[
+        gan.value_range]
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model=dcgan", "model.value_range=[0,1]"],
+     r"generator's output activation Tanh makes values in \[-1, 1\], but model.value_range "
+     r"is \[0.0, 1.0\].*set model.generator.output_activation=sigmoid, or set "
+     r"model.value_range=\[-1.0, 1.0\]"),
+    (["model=gan", "model.value_range=[-1,1]"],
+     r"Sigmoid makes values in \[0, 1\].*set model.generator.output_activation=tanh"),
+    (["model=cgan", "model.value_range=[0,1]"],
+     r"set model.generator.network.output_activation=sigmoid"),
+    (["model=conv_ae", "model.loss=mse", "model.value_range=[-1,1]"],
+     r"decoder's output activation Sigmoid.*set model.output_activation=tanh"),
+    (["model=conv_ae", "model.loss=mse", "model.value_range=[-1,1]",
+      "model.output_activation=relu"],
+     r"ReLU makes values in \[0, inf\].*set model.output_activation=tanh\.$"),
+])
+def test_an_output_activation_that_misses_the_images_range_is_refused(overrides, message,
+                                                                       tmp_path):
+    with pytest.raises(GenmodelsError, match=message):
+        build(compose_config(overrides, tmp_path).model)

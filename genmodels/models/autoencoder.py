@@ -7,7 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from genmodels.errors import GenmodelsError
-from genmodels.models.base import GenerativeModel, check_latent_size, flat_output_width
+from genmodels.models.base import (
+    GenerativeModel,
+    check_latent_size,
+    check_output_range,
+    flat_output_width,
+)
 from genmodels.nn.layers import make_activation
 from genmodels.nn.losses import binary_cross_entropy_with_logits
 
@@ -41,6 +46,8 @@ class AutoEncoder(GenerativeModel):
         self.encoder, self.decoder = encoder, decoder
         self.loss_name = loss
         self.output_activation = make_activation(output_activation)
+        check_output_range(self.output_activation, self.value_range, "decoder",
+                           "model.output_activation")
         if (width := flat_output_width(encoder, self.image_shape)) != codings_dim:
             raise GenmodelsError(
                 f"The encoder outputs {width} codings, but codings_dim={codings_dim}."

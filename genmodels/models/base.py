@@ -1,12 +1,15 @@
 """What every model offers to callbacks and tools, whatever its family."""
 
+import math
 from collections.abc import Callable
 
 import lightning as L
 import torch
+from torch import nn
 
 from genmodels.config import check_whole_number
 from genmodels.errors import GenmodelsError
+from genmodels.nn.layers import OUTPUT_RANGES
 
 VALUE_RANGES = ([0.0, 1.0], [-1.0, 1.0])
 
@@ -16,6 +19,24 @@ def check_latent_size(name: str, value) -> None:
     at all, its KL exactly 0)."""
     check_whole_number(f"model.{name}", value, 1)
 
+
+
+def check_output_range(activation: nn.Module, value_range, network: str, key: str) -> None:
+    """Refuse an output activation whose values cannot cover the images' `value_range`
+    (sigmoid for [-1, 1]: no dark pixel is reachable) or, bounded, spans another range
+    (tanh for [0, 1]: half its outputs are never data)."""
+    low, high = OUTPUT_RANGES.get(type(activation), (-math.inf, math.inf))
+    data_low, data_high = map(float, value_range)
+    bounded = math.isfinite(low) and math.isfinite(high)
+    if low <= data_low and high >= data_high and not (bounded and (low, high) != (data_low,
+                                                                                    data_high)):
+        return
+    fitting = {(0.0, 1.0): "sigmoid", (-1.0, 1.0): "tanh"}[(data_low, data_high)]
+    raise GenmodelsError(
+        f"The {network}'s output activation {type(activation).__name__} makes values in "
+        f"[{low:g}, {high:g}], but model.value_range is {[data_low, data_high]}, the range "
+        f"the images are scaled to: set {key}={fitting}"
+        + (f", or set model.value_range={[low, high]}." if bounded else "."))
 
 class GenerativeModel(L.LightningModule):
     """Base of every model family.

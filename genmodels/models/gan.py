@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from genmodels.errors import GenmodelsError
-from genmodels.models.base import GenerativeModel, check_latent_size
+from genmodels.models.base import GenerativeModel, check_latent_size, check_output_range
 from genmodels.nn.gan_layers import ReplayBuffer, spectral_normalize, uses_batch_statistics
 from genmodels.nn.gan_losses import (
     PENALTIES,
@@ -22,6 +22,7 @@ from genmodels.nn.gan_losses import (
     gradient_penalty,
     r1_penalty,
 )
+from genmodels.nn.layers import output_activation
 from genmodels.nn.progan import fade_real_images
 from genmodels.nn.stylegan import StyleGANGenerator
 
@@ -109,6 +110,9 @@ class GAN(GenerativeModel):
         if replay_capacity and num_classes:
             raise GenmodelsError("Experience replay stores unlabelled fakes; it cannot be used "
                                  "with a conditional GAN (num_classes set).")
+        check_output_range(output_activation(generator), self.value_range, "generator",
+                           "model.generator.network.output_activation" if num_classes
+                           else "model.generator.output_activation")
         self.generator = generator
         self.discriminator = spectral_normalize(discriminator) if spectral_norm else discriminator
         self.latent_dim, self.num_classes = latent_dim, num_classes

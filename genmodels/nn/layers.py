@@ -114,6 +114,20 @@ def make_activation(name: str | None) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+# The values an activation can produce, where they are bounded (the others reach below
+# -1 and above 1).
+OUTPUT_RANGES = {nn.Tanh: (-1.0, 1.0), nn.Sigmoid: (0.0, 1.0), nn.ReLU: (0.0, math.inf)}
+
+
+def output_activation(network: nn.Module) -> nn.Module:
+    """The layer that makes `network`'s output: the last activation it registers (each
+    generator and decoder here registers its output activation last: `make_activation`
+    gives an Identity where there is none; tests/test_networks.py checks them all). A
+    network without activation layers gets an Identity: its outputs are unbounded."""
+    activations = tuple({type(make_activation(name)) for name in ACTIVATIONS})  # ELU, ...
+    found = [m for m in network.modules() if isinstance(m, activations)]
+    return found[-1] if found else nn.Identity()
+
 def init_for_activation(layer: nn.Module, activation: str | None) -> None:
     """SELU self-normalises only with LeCun-normal weights (Klambauer et al., 2017)."""
     if activation == "selu" and isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
