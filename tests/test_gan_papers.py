@@ -22,6 +22,7 @@ from genmodels.jobs.generate import generate
 from genmodels.models.base import GenerativeModel
 from genmodels.models.gan import GAN
 from genmodels.nn import ConditionalGenerator
+from genmodels.nn.gan_layers import uses_batch_statistics
 from genmodels.nn.progan import (
     EqualizedConv2d,
     EqualizedLinear,
@@ -215,6 +216,21 @@ def test_pixel_norm_leaves_each_pixel_of_the_generator_with_unit_mean_square():
         assert torch.allclose(h.square().mean(1), torch.ones_like(h[:, 0]), atol=1e-3)
 
 
+def test_progan_generator_normalizes_its_latent_so_only_its_direction_matters():
+    """Pixel norm of z (sec. 4.2 and table 2: the latent is normalized to the unit
+    hypersphere): G(c z) = G(z) for any c > 0."""
+    torch.manual_seed(0)
+    g = ProGANGenerator(16, 1, 28, max_width=16, min_width=8, output_activation="identity")
+    with torch.no_grad():
+        # A trained G has biases: at zero bias the leaky ReLU and the pixel norm after the
+        # first dense layer would cancel the scale of z even without normalizing z itself.
+        g.first[1].bias.normal_()
+    z = torch.randn(4, 16)
+    with torch.no_grad():
+        for c in (0.1, 7.0):
+            assert (g(c * z) - g(z)).abs().max().item() < 1e-5, c
+
+
 def test_minibatch_stddev_lets_d_tell_how_varied_a_group_of_images_is():
     torch.manual_seed(0)
     d = ProGANDiscriminator(1, 28, max_width=8, min_width=8, group_size=4).eval()
@@ -282,6 +298,50 @@ def test_drift_term_adds_epsilon_times_squared_real_scores():
     expected = d_fake.mean() - d_real.mean() + 0.5 * d_real.square().mean()
     assert logs["d_loss"].item() == pytest.approx(expected.item())
     assert compose_config(["model=progan"]).model.drift_weight == 0.001
+
+
+class QuadraticCritic(nn.Module):
+    """D(x) = sum of x^2: its input gradient 2x differs at every image, so a penalty tells
+    which images it was measured on."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))  # an optimizer needs a parameter
+
+    def forward(self, x):
+        return x.square().flatten(1).sum(1)
+
+
+def test_r1_penalty_is_measured_on_the_real_images():
+    sgd = partial(torch.optim.SGD, lr=0.01)
+    gan = GAN(ConstantImages(0.5), QuadraticCritic(), latent_dim=2, g_optimizer=sgd,
+              d_optimizer=sgd, channels=1, image_size=4, value_range=[-1.0, 1.0],
+              loss="wasserstein", penalty="r1", penalty_weight=0.5)
+    real = torch.linspace(-1.0, 1.0, 48).view(3, 1, 4, 4)
+    fake = 0.25 * torch.ones(3, 1, 4, 4)  # gradients 0.5, far from the reals' 2x
+    logs = gan.discriminator_losses(real, None, fake, None)
+    # R1 (Mescheder et al., 2018): E_real ||grad D(x)||^2 = E ||2x||^2 on the reals.
+    on_reals = (2 * real).square().flatten(1).sum(1).mean()
+    on_fakes = (2 * fake).square().flatten(1).sum(1).mean()
+    assert logs["penalty"].item() == pytest.approx(on_reals.item(), rel=1e-5)
+    assert on_reals.item() != pytest.approx(on_fakes.item(), rel=0.1)
+    critic = gan.discriminator
+    wasserstein = critic(fake).mean() - critic(real).mean()
+    assert logs["d_loss"].item() == pytest.approx((wasserstein + 0.5 * on_reals).item(),
+                                                  rel=1e-5)
+
+
+def test_wgan_gp_config_has_the_papers_hyperparameters(tmp_path):
+    """Gulrajani et al., 2017, algorithm 1: lambda = 10, n_critic = 5, Adam alpha = 1e-4,
+    beta1 = 0, beta2 = 0.9, a Wasserstein critic without batch norm."""
+    gan = build(compose_config(["model=wgan_gp"], tmp_path).model)
+    assert (gan.loss, gan.penalty, gan.penalty_weight) == ("wasserstein", "gradient_penalty", 10)
+    assert (gan.d_steps, gan.g_steps, gan.label_smoothing) == (5, 1, 0.0)
+    assert not uses_batch_statistics(gan.discriminator)  # the penalty is per image
+    for optimizer in gan.configure_optimizers():
+        assert isinstance(optimizer, torch.optim.Adam)
+        (group,) = optimizer.param_groups
+        assert (group["lr"], tuple(group["betas"])) == (1e-4, (0.0, 0.9))
 
 
 # ----- StyleGAN ---------------------------------------------------------------------------------
@@ -357,6 +417,20 @@ def test_conditional_style_mixing_replaces_the_noise_and_keeps_the_label():
     assert not torch.allclose(z2[:, :6], z[:, :6])
 
 
+@pytest.mark.parametrize("mixing_prob", [0.9, 0.3])
+def test_style_mixing_mixes_the_share_of_images_mixing_prob_asks_for(mixing_prob):
+    """Sec. 3.1: mixing regularization on a given share of the training images (0.9 by
+    default), not on all of them."""
+    torch.manual_seed(0)
+    g = tiny_stylegan(mixing_prob=mixing_prob).train()
+    z = torch.randn(4000, 8)
+    with torch.no_grad():
+        styles, own = g.styles(z), g.mapping(z)
+    mixed = ~torch.isclose(styles, own[:, None].expand_as(styles)).all(2).all(1)
+    # 4000 draws: the share's standard error is under 0.008.
+    assert mixed.float().mean().item() == pytest.approx(mixing_prob, abs=0.03)
+
+
 def test_truncation_trick_pulls_styles_towards_the_tracked_average_w():
     torch.manual_seed(0)
     g = tiny_stylegan(mixing_prob=0.0, w_avg_beta=0.5).train()
@@ -394,6 +468,29 @@ def test_mapping_network_learns_at_a_hundredth_of_the_rate():
         ((effective(layer) - old).abs().mean() / old.std()).item()
         for layer, old in zip((mapping, conv), before, strict=True))
     assert mapping_change / conv_change == pytest.approx(0.01, rel=0.1)
+
+
+def test_mapping_network_biases_start_at_their_init_and_learn_at_a_hundredth_of_the_rate():
+    """StyleGAN's lr multiplier (0.01 in the mapping network) applies to the biases too:
+    the stored bias is bias_init / 0.01 and is used times 0.01, so the effective bias starts
+    at bias_init and Adam moves it by 0.01 lr per step."""
+    layer = EqualizedLinear(4, 3, lr_multiplier=0.01, bias_init=0.5)
+    assert torch.allclose(layer(torch.zeros(1, 4)), torch.full((1, 3), 0.5))
+    torch.manual_seed(0)
+    g = tiny_stylegan()
+    mapping = g.mapping[1]
+    zeros = torch.zeros(1, mapping.weight.shape[1])
+
+    def effective_bias():  # the layer's output at a zero input
+        return mapping(zeros).detach().clone()
+
+    before = effective_bias()
+    optimizer = torch.optim.Adam(g.parameters(), lr=1e-3, betas=(0.0, 0.99))
+    # Adam's first step moves each stored bias by lr (scaled up: epsilon stays negligible).
+    (g(torch.randn(4, 8)).mean() * 1e6).backward()
+    optimizer.step()
+    change = (effective_bias() - before).abs()
+    assert torch.allclose(change, torch.full_like(change, 1e-3 * 0.01), rtol=0.05), change
 
 
 def test_generate_truncates_stylegan_samples_and_refuses_other_gans(tmp_path):
