@@ -301,15 +301,15 @@ def test_drift_term_adds_epsilon_times_squared_real_scores():
 
 
 class QuadraticCritic(nn.Module):
-    """D(x) = sum of x^2: its input gradient 2x differs at every image, so a penalty tells
-    which images it was measured on."""
+    """D(x) = a * sum of x^2 (a = 1 at first): its input gradient 2ax differs at every
+    image, so a penalty tells which images it was measured on."""
 
     def __init__(self):
         super().__init__()
-        self.unused = nn.Parameter(torch.zeros(1))  # an optimizer needs a parameter
+        self.a = nn.Parameter(torch.ones(()))
 
     def forward(self, x):
-        return x.square().flatten(1).sum(1)
+        return self.a * x.square().flatten(1).sum(1)
 
 
 def test_r1_penalty_is_measured_on_the_real_images():
@@ -329,6 +329,10 @@ def test_r1_penalty_is_measured_on_the_real_images():
     wasserstein = critic(fake).mean() - critic(real).mean()
     assert logs["d_loss"].item() == pytest.approx((wasserstein + 0.5 * on_reals).item(),
                                                   rel=1e-5)
+    # D is trained on the penalty, a^2 E||2x||^2: d(d_loss)/da = E|f|^2 - E|x|^2 + 0.5 * 2a R1.
+    logs["d_loss"].backward()
+    squares = (fake.square().flatten(1).sum(1).mean() - real.square().flatten(1).sum(1).mean())
+    assert critic.a.grad.item() == pytest.approx((squares + on_reals).item(), rel=1e-5)
 
 
 def test_wgan_gp_config_has_the_papers_hyperparameters(tmp_path):
