@@ -7,6 +7,8 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils import parametrize
 from torchvision.io import read_image
 
 from genmodels.callbacks import ImageGrids
@@ -51,10 +53,10 @@ VARIANTS = {
 
 class RecordSteps(L.Callback):
     """For every optimizer step: which network it belonged to, and whether D's and G's
-    weights changed in it."""
+    weights changed in it; G's weights after each of its steps, and the EMA copy's first."""
 
     def __init__(self):
-        self.steps = []
+        self.steps, self.g_weights, self.ema_start = [], [], None
 
     def on_train_start(self, trainer, gan):
         def weights():
@@ -64,6 +66,8 @@ class RecordSteps(L.Callback):
         def changed(before, after):
             return any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
+        if gan.generator_ema is not None:
+            self.ema_start = [p.detach().clone() for p in gan.generator_ema.parameters()]
         for name, optimizer in zip(("D", "G"), trainer.optimizers, strict=True):
             def pre(*args, name=name):
                 self.before = weights()
@@ -71,6 +75,8 @@ class RecordSteps(L.Callback):
             def post(*args, name=name):
                 (d0, g0), (d1, g1) = self.before, weights()
                 self.steps.append((name, changed(d0, d1), changed(g0, g1)))
+                if name == "G":
+                    self.g_weights.append(g1)
 
             optimizer.register_step_pre_hook(pre)
             optimizer.register_step_post_hook(post)
@@ -106,6 +112,29 @@ def test_each_gan_trains_with_phases_that_touch_only_their_network(variant, tmp_
     images = gan.eval().sample(3)
     channels, size = (1, 32) if variant == "dcgan64" else (1, 28)
     assert images.shape == (3, channels, size, size) and torch.isfinite(images).all()
+    if variant == "dcgan":
+        check_every_trick_acted(gan, trainer, recorder)
+
+
+def check_every_trick_acted(gan, trainer, recorder):
+    """The dcgan variant's tricks each did their work, not only let training run."""
+    # R1 was added to D's loss: the squared input gradient of a live D is positive.
+    assert trainer.callback_metrics["train/penalty_step"] > 0
+    # Replay: the one D step (2 G steps of 2 per D step) stored its 16 fakes.
+    assert gan.replay.filled == 16 and torch.isfinite(gan.replay.images[:16]).all()
+    # Spectral norm on every dense and conv layer of D, its estimate of sigma trained.
+    layers = [m for m in gan.discriminator.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    assert len(layers) >= 3
+    assert all(parametrize.is_parametrized(layer, "weight") for layer in layers)
+    # The minibatch layers are in D, before its last dense layer.
+    kinds = [type(m) for m in gan.discriminator.modules()]
+    assert MinibatchStdDev in kinds and MinibatchDiscrimination in kinds
+    # EMA with decay 0.9 after G's steps 1 and 2: 0.81 start + 0.09 G_1 + 0.1 G_2.
+    (g1, g2), start = recorder.g_weights, recorder.ema_start
+    for ema, w0, w1, w2 in zip(gan.generator_ema.parameters(), start, g1, g2, strict=True):
+        assert torch.allclose(ema, 0.81 * w0 + 0.09 * w1 + 0.1 * w2, atol=1e-6)
+    assert any(not torch.equal(ema, w) for ema, w in zip(gan.generator_ema.parameters(), g2,
+                                                         strict=True))
 
 
 def test_max_steps_counts_generator_steps_with_several_critic_steps(tmp_path):
@@ -228,6 +257,25 @@ def test_cgan_samples_follow_the_requested_labels(tmp_path):
         build(compose_config(["model=dcgan"], tmp_path).model).sample(2, labels=[1, 2])
     with pytest.raises(GenmodelsError, match="needs class labels, but this dataset has none"):
         gan.real_batch((torch.zeros(4, 1, 28, 28), torch.full((4,), -1)))
+
+
+def test_cgan_discriminator_sees_the_label_as_one_hot_image_channels(tmp_path):
+    """Mirza & Osindero, 2014: D(x, y) judges the image with its label, which enters as
+    num_classes constant channels (1 in the label's, 0 elsewhere)."""
+    torch.manual_seed(0)
+    gan = build(compose_config(["model=cgan", "model.discriminator.network.widths=[8,16]"],
+                               tmp_path).model)
+    d = gan.discriminator.eval()  # no dropout: the same image gets the same verdict
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    labels = torch.tensor([0, 3, 3, 9])
+    maps = torch.zeros(4, 10, 28, 28)
+    maps[torch.arange(4), labels] = 1.0
+    with torch.no_grad():
+        difference = d(x, labels) - d.net(torch.cat([x, maps], 1))
+        assert difference.abs().max().item() < 1e-6, difference
+        # The same images under other labels get other verdicts.
+        verdicts = torch.stack([d(x, torch.full((4,), k)) for k in range(10)])
+    assert (verdicts.std(0) > 1e-4).all(), verdicts
 
 
 def test_conditional_sample_grid_has_one_row_per_class(tmp_path):
