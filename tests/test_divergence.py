@@ -98,6 +98,27 @@ def test_a_gan_diverging_before_any_checkpoint_says_so_and_saves_none(tmp_path):
             enable_checkpointing=False)
 
 
+def test_a_checkpoint_of_non_finite_weights_is_refused_though_losses_and_gradients_were_finite(
+        tmp_path):
+    """The weights are checked themselves: a NaN or infinite weight (here set after a
+    finite run, no loss or gradient ever flagged) stops the checkpoint before it is
+    written."""
+    folder = tmp_path / "checkpoints"
+    model, trainer = fit(["model=ae"], tmp_path, max_epochs=1, limit_train_batches=2,
+                         log_every_n_steps=1, enable_checkpointing=False)
+    trainer.save_checkpoint(folder / "good.ckpt")  # finite: saved
+    weight = next(model.parameters())
+    for bad in (float("nan"), float("inf")):
+        with torch.no_grad():
+            weight.view(-1)[0] = bad
+        with pytest.raises(TrainingDiverged, match="Training diverged: the weights became "
+                           "NaN or infinite between step 2 and step 2; nothing from these "
+                           "steps was saved"):
+            trainer.save_checkpoint(folder / "bad.ckpt")
+        assert not (folder / "bad.ckpt").exists()
+    assert [p.name for p in folder.iterdir()] == ["good.ckpt"]
+
+
 def test_the_last_good_checkpoint_is_the_newest_saved_or_the_one_training_started_from(
         tmp_path):
     (tmp_path / "run").mkdir()
@@ -178,20 +199,86 @@ def test_gradient_penalties_stay_finite_under_float16_at_every_loss_scale(penalt
         assert value.item() == pytest.approx(expected.item(), rel=0.02), exponent
 
 
+class CountTakenSteps(L.Callback):
+    """Per optimizer (D, G): the steps the GradScaler let through (optimizer.step ran) and
+    whether the network's weights changed in the last of them; and the weights at the start."""
+
+    def on_train_start(self, trainer, gan):
+        self.taken = {"D": 0, "G": 0}
+        self.start = {name: [p.detach().clone() for p in network.parameters()]
+                      for name, network in (("D", gan.discriminator), ("G", gan.generator))}
+        for name, optimizer in zip(("D", "G"), trainer.optimizers, strict=True):
+            optimizer.register_step_post_hook(lambda *args, name=name: self.count(name))
+
+    def count(self, name):
+        self.taken[name] += 1
+
+
 def test_16_mixed_skips_overflowing_steps_then_trains_on(tmp_path):
     """A GradScaler starting at 2^24 overflows float16 gradients: it skips steps, halving
     its scale, until they fit; then training goes on. WGAN-GP, the penalty included."""
     plugin = fp16_on_cpu(2.0**24)
-    gan, trainer = fit(["model=wgan_gp", *SMALL_DCGAN], tmp_path, plugins=[plugin],
+    counter = CountTakenSteps()
+    gan, trainer = fit(["model=wgan_gp", *SMALL_DCGAN], tmp_path, [counter], plugins=[plugin],
                        max_epochs=-1, max_steps=6, limit_train_batches=None,
                        log_every_n_steps=1, enable_checkpointing=False)
-    assert plugin.scaler.get_scale() < 2.0**24, "no step was skipped"
+    scale = plugin.scaler.get_scale()
+    assert scale < 2.0**24, "no step was skipped"
     assert gan.generator_steps == 6
+    # 36 optimizer steps (6 x (5 D + 1 G)) were asked for; the scaler skipped some, each
+    # halving its scale (its growth interval, 2000 steps, is far off): the steps it let
+    # through and the halvings add up to the steps asked for.
+    taken = counter.taken["D"] + counter.taken["G"]
+    skipped = round(math.log2(2.0**24 / scale))
+    assert trainer.global_step == 36 and 0 < skipped and taken + skipped == 36, counter.taken
+    assert counter.taken["D"] > 0 and counter.taken["G"] > 0
+    # Then both networks trained: their weights moved from the start.
+    for name, network in (("D", gan.discriminator), ("G", gan.generator)):
+        assert any(not torch.equal(p, p0) for p, p0 in zip(network.parameters(),
+                                                           counter.start[name], strict=True)), name
     # The last steps were taken: their (unscaled) gradients were finite, which is when the
     # GradScaler steps; and the penalty is finite.
     metrics = trainer.callback_metrics
     assert all(math.isfinite(metrics[f"train/{name}_step"])
                for name in ("d_loss", "penalty", "g_loss", "d_grad_norm", "g_grad_norm"))
+
+
+class RecordGradientNorms(L.Callback):
+    """For each batch: the norm of D's and G's gradients as their optimizers step on them
+    (Lightning's 16-mixed unscales them before the step), and the step's logged norms."""
+
+    def on_train_start(self, trainer, gan):
+        self.measured, self.logged = [], []
+        for name, optimizer in zip(("d", "g"), trainer.optimizers, strict=True):
+            optimizer.register_step_pre_hook(
+                lambda optimizer, *args, name=name: self.measure(name, optimizer))
+
+    def on_train_batch_start(self, *args):
+        self.measured.append({})
+
+    def measure(self, name, optimizer):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
+        self.measured[-1][f"{name}_grad_norm"] = torch.nn.utils.get_total_norm(grads).item()
+
+    def on_train_batch_end(self, trainer, gan, outputs, batch, batch_idx):
+        self.logged.append({name: outputs["log"][name].item()
+                            for name in ("d_grad_norm", "g_grad_norm")})
+
+
+def test_16_mixed_logs_the_unscaled_gradient_norms(tmp_path):
+    """Under a GradScaler of scale 2^8 the backward pass makes gradients 256 times too
+    large; the logged norms are those of the unscaled gradients the optimizers step on."""
+    plugin = fp16_on_cpu(2.0**8)
+    recorder = RecordGradientNorms()
+    fit(["model=dcgan", *SMALL_DCGAN], tmp_path, [recorder], plugins=[plugin], max_epochs=1,
+        limit_train_batches=3, log_every_n_steps=1, enable_checkpointing=False)
+    assert plugin.scaler.get_scale() == 2.0**8  # no step skipped: every step measured
+    assert len(recorder.measured) == len(recorder.logged) == 3
+    for measured, logged in zip(recorder.measured, recorder.logged, strict=True):
+        assert set(measured) == set(logged)
+        for name, value in logged.items():
+            assert value == pytest.approx(measured[name], rel=1e-4), (name, logged, measured)
 
 
 def test_16_mixed_stops_only_when_the_loss_scale_collapses(tmp_path):
