@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import open_dict
 from PIL import Image
 
@@ -104,7 +105,7 @@ def test_gan_logs_both_players_and_discriminator_accuracy(make_config):
     cfg = make_config("model=dcgan", *FAST, *SMALL_DCGAN, "trainer.max_epochs=1",
                       "trainer.limit_train_batches=6", "trainer.log_every_n_steps=3")
     with open_dict(cfg):
-        cfg.callbacks.step_logs = {"_target_": f"{__name__}.StepLogNames"}
+        cfg.callbacks.step_logs = {"_target_": f"{__name__}.StepLogs"}
     train(cfg)
     events = EventAccumulator(str(Path(cfg.paths.output_dir) / "tensorboard"))
     events.Reload()
@@ -115,20 +116,90 @@ def test_gan_logs_both_players_and_discriminator_accuracy(make_config):
     assert "samples" in events.Tags()["images"]
     # The figures only watched cost device work: computed on the logging steps (3 and 6) only.
     watched = {"d_real", "d_fake", "d_real_acc", "d_fake_acc", "d_grad_norm", "g_grad_norm"}
-    assert [watched <= names for names in StepLogNames.names] == [False, False, True] * 2
-    assert all({"d_loss", "g_loss"} <= names for names in StepLogNames.names)
+    names = [set(logs) for logs in StepLogs.logs]
+    assert [watched <= step for step in names] == [False, False, True] * 2
+    assert all({"d_loss", "g_loss"} <= step for step in names)
+    # The values are those of D's outputs in the step: model=dcgan's D scores the reals
+    # and fakes in one call (joint_d_batch), then G's fakes in a second one.
+    for logs, (both, g_fakes) in zip(StepLogs.logs, StepLogs.d_outputs, strict=True):
+        real, fake = both.chunk(2)
+        # Non-saturating loss, reals' labels smoothed to 0.9: BCE with target t is
+        # t softplus(-x) + (1 - t) softplus(x).
+        d_loss = ((0.9 * F.softplus(-real) + 0.1 * F.softplus(real)).mean()
+                  + F.softplus(fake).mean()) / 2
+        assert logs["d_loss"] == pytest.approx(d_loss.item(), rel=1e-5)
+        assert logs["g_loss"] == pytest.approx(F.softplus(-g_fakes).mean().item(), rel=1e-5)
+        if "d_real_acc" in logs:
+            assert logs["d_real_acc"] == pytest.approx((real > 0).float().mean().item())
+            assert logs["d_fake_acc"] == pytest.approx((fake < 0).float().mean().item())
+            assert logs["d_real"] == pytest.approx(real.mean().item(), rel=1e-5)
+            assert logs["d_fake"] == pytest.approx(fake.mean().item(), rel=1e-5)
+    # TensorBoard has the values of the logging steps.
+    for name in ("d_real_acc", "d_fake_acc", "d_real"):
+        logged = [event.value for event in events.Scalars(f"train/{name}_step")]
+        stepped = [logs[name] for logs in StepLogs.logs if name in logs]
+        assert logged == pytest.approx(stepped, rel=1e-5), name
+    accuracies = [logs[name] for logs in StepLogs.logs for name in ("d_real_acc", "d_fake_acc")
+                  if name in logs]
+    assert len(accuracies) == 4 and all(0 <= a <= 1 for a in accuracies)
 
 
-class StepLogNames(L.Callback):
-    """The names in each training step's logs."""
+class InTrainingSteps(L.Callback):
+    """Knows whether a training step is running (not validation, not a callback's sampling)."""
 
-    names: list[set[str]] = []
+    in_step = False
+
+    def on_train_batch_start(self, *args):
+        self.in_step = True
+
+    def on_train_batch_end(self, *args):
+        self.in_step = False
+
+
+class StepLogs(InTrainingSteps):
+    """Each training step's logs (as floats) and the outputs of every call of D in it."""
+
+    logs: list[dict[str, float]] = []
+    d_outputs: list[list[torch.Tensor]] = []
 
     def on_train_start(self, trainer, pl_module):
-        StepLogNames.names = []
+        StepLogs.logs, StepLogs.d_outputs = [], []
+        pl_module.discriminator.register_forward_hook(self.record)
+
+    def record(self, module, args, out):
+        if self.in_step:
+            StepLogs.d_outputs[-1].append(out.detach().float())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        super().on_train_batch_start()
+        StepLogs.d_outputs.append([])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        StepLogNames.names.append(set(outputs["log"]))
+        super().on_train_batch_end()
+        StepLogs.logs.append({name: value.item() for name, value in outputs["log"].items()})
+
+
+class RecordPrecision(InTrainingSteps):
+    """The dtypes of G's and D's outputs in training steps, and their weights before and
+    after training."""
+
+    dtypes: set[tuple[str, torch.dtype]] = set()
+    weights: tuple[dict, dict] = ({}, {})
+
+    def on_train_start(self, trainer, gan):
+        RecordPrecision.dtypes = set()
+        RecordPrecision.weights = ({n: p.detach().clone() for n, p in gan.named_parameters()},
+                                   {})
+        for network in (gan.generator, gan.discriminator):
+            network.register_forward_hook(self.record)
+
+    def record(self, network, args, out):
+        if self.in_step:
+            RecordPrecision.dtypes.add((type(network).__name__, out.dtype))
+
+    def on_train_end(self, trainer, gan):
+        RecordPrecision.weights[1].update(
+            {n: p.detach().clone() for n, p in gan.named_parameters()})
 
 
 def test_gan_trains_under_bf16_mixed_precision(make_config):
@@ -137,8 +208,19 @@ def test_gan_trains_under_bf16_mixed_precision(make_config):
                       *SMALL_DCGAN,
                       "trainer.max_epochs=1", "trainer.limit_train_batches=4",
                       "trainer.limit_val_batches=2", "trainer.limit_test_batches=2")
+    with open_dict(cfg):
+        cfg.callbacks.record_precision = {"_target_": f"{__name__}.RecordPrecision"}
     metrics = train(cfg)
     assert math.isfinite(metrics["train/d_loss_epoch"]) and math.isfinite(metrics["val/g_loss"])
+    # Both networks computed in bfloat16 (autocast), never in float32 ...
+    assert RecordPrecision.dtypes == {("DCGANGenerator", torch.bfloat16),
+                                      ("DCGANDiscriminator", torch.bfloat16)}
+    # ... on float32 weights, which trained.
+    before, after = RecordPrecision.weights
+    assert before.keys() == after.keys() and after
+    assert all(w.dtype == torch.float32 for w in after.values())
+    for prefix in ("generator.", "discriminator."):
+        assert any(not torch.equal(before[n], after[n]) for n in after if n.startswith(prefix))
 
 
 def test_checkpoints_keep_the_last_and_periodic_ones(make_config):
