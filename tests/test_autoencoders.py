@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy.linalg import subspace_angles
 from sklearn.decomposition import PCA
 from torch import nn
+from torch.distributions import Bernoulli, kl_divergence
 
 from genmodels.config import build
 from genmodels.data import DigitsDataModule
@@ -150,6 +152,29 @@ def test_sparsity_penalty_pulls_the_mean_activation_to_the_target(tmp_path):
 
 def test_sparse_autoencoder_logs_histograms_and_near_zero_fraction(make_config):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    x, y = digits_batch(32)
+    for penalty in ("l1", "kl"):
+        # A threshold near the codings' median at init, so the count is neither 0 nor 1.
+        model = build(make_config("model=sparse_ae", f"model.penalty={penalty}",
+                                  "model.sparsity_weight=0.3", "model.target_activation=0.2",
+                                  "model.near_zero_threshold=0.5").model)
+        with torch.no_grad():
+            terms = model.losses((x, y))
+            codings = model.encode(x)
+            recon = F.binary_cross_entropy(model.reconstruct(x), x)
+        if penalty == "l1":  # Keras' activity L1: sum_j |c_j|, averaged over the batch
+            expected = codings.abs().sum(1).mean()
+        else:  # sum_j KL(Bernoulli(0.2) || Bernoulli(mean activation of neuron j))
+            expected = kl_divergence(Bernoulli(probs=torch.full((300,), 0.2)),
+                                     Bernoulli(probs=codings.mean(0))).sum()
+        assert terms["sparsity"].item() == pytest.approx(expected.item(), rel=1e-4), penalty
+        assert terms["recon"].item() == pytest.approx(recon.item(), rel=1e-4)
+        assert terms["loss"].item() == pytest.approx((recon + 0.3 * expected).item(), rel=1e-4)
+        near_zero = (codings < 0.5).sum().item() / codings.numel()
+        assert 0.05 < near_zero < 0.95
+        assert terms["near_zero"].item() == pytest.approx(near_zero)
+        assert terms["mean_activation"].item() == pytest.approx(codings.mean().item())
 
     cfg = make_config("model=sparse_ae", "model.penalty=l1", "model.sparsity_weight=1e-3",
                       *FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2",
