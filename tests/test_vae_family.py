@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from genmodels import latent
 from genmodels.config import build
@@ -90,16 +90,44 @@ def test_kl_term_matches_the_closed_form():
     assert torch.allclose(kl_to_standard_normal(mean, logvar), reference)
 
 
+def terms_and_nats_by_hand(model, x, seed=0):
+    """model.losses on x, and its recon and KL in nats per image computed apart with
+    torch.distributions, from the same posterior and the same reparameterization noise."""
+    torch.manual_seed(seed)
+    terms = model.losses((x, None))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        mean, logvar = model.posterior(x)
+        std = (0.5 * logvar).exp()
+        z = mean + std * torch.randn_like(mean)
+        recon = -Bernoulli(logits=model.decoder(z)).log_prob(x).flatten(1).sum(1).mean()
+        kl = kl_divergence(Normal(mean, std), Normal(0.0, 1.0)).sum(1).mean()
+    return terms, recon, kl
+
+
+def far_from_the_prior(model):
+    """The posterior's means moved to 20: a KL of hundreds of nats (at init it is ~0.01,
+    which a loss of hundreds would hide)."""
+    with torch.no_grad():
+        model.to_posterior.bias[: model.latent_dim] += 20.0
+    return model
+
+
 def test_loss_weights_change_the_loss_but_never_the_logged_nats(digits, tmp_path):
-    model = build_model(tmp_path, "model=conv_vae")  # 500 * per-pixel mean recon + KL
-    torch.manual_seed(0)
-    terms = model.losses((digits[:8], None))
-    assert torch.allclose(terms["loss"], 500 * terms["recon"] / 784 + terms["kl"])
+    model = far_from_the_prior(build_model(tmp_path, "model=conv_vae"))  # 500 x mean recon + KL
+    terms, recon, kl = terms_and_nats_by_hand(model, digits[:8])
+    assert kl > 300  # 2 latent dimensions, each about 20^2 / 2
+    assert terms["kl"].item() == pytest.approx(kl.item(), rel=1e-5)
+    assert terms["recon"].item() == pytest.approx(recon.item(), rel=1e-5)
+    assert terms["elbo"].item() == pytest.approx(-(recon + kl).item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx((500 * recon / 784 + kl).item(), rel=1e-5)
     assert 0.5 * 784 * math.log(2) < terms["recon"] < 2 * 784 * math.log(2)  # nats per image
-    model = build_model(tmp_path, "model=beta_vae", "model.kl_weight=1000",
-                        "model.kl_capacity=25", "model.kl_capacity_steps=100")
-    terms = model.losses((digits[:8], None))  # step 0: capacity C = 0
-    assert torch.allclose(terms["loss"], terms["recon"] + 1000 * terms["kl"])
+    model = far_from_the_prior(build_model(tmp_path, "model=beta_vae", "model.kl_weight=1000",
+                                           "model.kl_capacity=25",
+                                           "model.kl_capacity_steps=100"))
+    terms, recon, kl = terms_and_nats_by_hand(model, digits[:8])  # step 0: capacity C = 0
+    assert terms["kl"].item() == pytest.approx(kl.item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx((recon + 1000 * kl).item(), rel=1e-5)
     assert terms["capacity"] == 0
 
 
@@ -115,11 +143,42 @@ def test_epsilon_std_is_part_of_the_posterior(digits, tmp_path):
 def test_gaussian_likelihood_with_a_learned_std(tmp_path):
     model = build_model(tmp_path, "model=faces_vae", "model.learn_gaussian_std=true",
                         "model.value_range=[-1.0,1.0]", "dataset.image_size=16",
-                        "dataset.channels=3")
+                        "dataset.channels=3", "model.gaussian_std=0.3").eval()
+    torch.manual_seed(0)
     x = torch.rand(4, 3, 16, 16) * 2 - 1
+    # -log N(x; mean, std^2) summed over the pixel values, with the learned std.
+    with torch.no_grad():
+        out = model.decoder(torch.randn(4, 200))
+        expected = -Normal(model.output_mean(out), 0.3).log_prob(x).flatten(1).sum(1)
+        nll = model.reconstruction_nll(out, x)
+        assert torch.allclose(nll, expected, rtol=1e-5), (nll, expected)
     terms = model.losses((x, None))
     terms["loss"].backward()
-    assert model.log_gaussian_std.grad is not None and "gaussian_std" in terms
+    assert model.log_gaussian_std.grad is not None
+    assert terms["gaussian_std"].item() == pytest.approx(0.3)
+    # The maximum-likelihood std is the residuals' root mean square: trained alone, from
+    # below or above, the std goes there.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        squares = []
+        for _ in range(50):  # over the reparameterization noise, as the loss sees it
+            mean, logvar = model.posterior(x)
+            z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
+            squares.append((model.decode(z) - x).square().mean())
+        residual_rms = torch.stack(squares).mean().sqrt().item()
+    model.requires_grad_(False)
+    for start in (0.05, 3.0):
+        with torch.no_grad():
+            model.log_gaussian_std.fill_(math.log(start))
+        model.log_gaussian_std.requires_grad_(True)
+        # (beta2 0.9: the first, huge gradients are soon forgotten)
+        optimizer = torch.optim.Adam([model.log_gaussian_std], lr=0.05, betas=(0.5, 0.9))
+        for _ in range(150):
+            optimizer.zero_grad()
+            model.losses((x, None))["loss"].backward()
+            optimizer.step()
+        learned = model.log_gaussian_std.exp().item()
+        assert learned == pytest.approx(residual_rms, rel=0.02), (start, learned, residual_rms)
     samples = model.eval().sample(4)
     assert samples.min() >= -1 and samples.max() <= 1
 
