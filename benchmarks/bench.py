@@ -77,6 +77,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+GROWTH_PHASE_BATCHES = 32
+
+
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -92,6 +95,12 @@ def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
         cfg.test = False
         cfg.trainer.limit_val_batches = 0  # training speed only
         cfg.trainer.max_epochs = -1  # StepTimer ends the run
+        # ...so it has no length to fit ProGAN's growth phases to: phases of a fixed number
+        # of batches, which a measurement of a few hundred batches takes through every stage.
+        growth = cfg.model.get("growth")
+        if growth is not None and growth.get("fade_images") is None:
+            growth.fade_images = growth.stable_images = (GROWTH_PHASE_BATCHES
+                                                         * cfg.dataset.batch_size)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg.hydra

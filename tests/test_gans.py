@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.utils import parametrize
 from torchvision.io import read_image
@@ -211,6 +212,54 @@ def test_progressive_growing_follows_its_schedule(tmp_path):
         assert (network.stage, network.alpha, network.resolution) == (2, 0.5, 16)
     assert gan.discriminator.stage_alpha.tolist() == [2.0, 0.5]  # saved in checkpoints
 
+
+
+UNTIMED_PROGAN = [o for o in TINY_PROGAN if "growth" not in o]
+
+
+def test_progan_phases_are_fitted_to_the_run_so_that_it_ends_at_full_size(tmp_path, caplog):
+    # 14 D steps of 16 reals: 224 images, in 2 * 4 - 1 equal phases (4 stages up to 32x32
+    # for 28x28 digits). The paper's 800k per phase (or our old 60k) never left 4x4 here.
+    gan, trainer = fit_tiny(["model=progan", *UNTIMED_PROGAN], tmp_path, max_steps=14)
+    assert gan.growth.state_dict() == {"fade_images": 32, "stable_images": 32}
+    for network in gan.progressive_networks():
+        assert (network.stage, network.alpha, network.resolution) == (3, 1.0, 32)
+    # A longer run keeps growing on the phases it started with (saved in its checkpoints).
+    trainer.save_checkpoint(tmp_path / "grown.ckpt")
+    cfg = compose_config(["dataset.batch_size=16", "model=progan", *UNTIMED_PROGAN], tmp_path)
+    resumed = build(cfg.model)
+    longer = L.Trainer(max_steps=20, limit_val_batches=0, logger=False, accelerator="cpu",
+                       callbacks=essential_callbacks(), enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False)
+    longer.fit(resumed, build(cfg.dataset), ckpt_path=tmp_path / "grown.ckpt")
+    assert resumed.growth.state_dict() == {"fade_images": 32, "stable_images": 32}
+    # Set phases that the run is too short for: said before the first step (a warning: the
+    # run may be extended later).
+    caplog.clear()
+    fit_tiny(["model=progan", *UNTIMED_PROGAN, "model.growth.fade_images=64",
+              "model.growth.stable_images=64"], tmp_path, max_steps=14)
+    assert ("model.growth reaches its top resolution (32x32) after 384 real images, but this "
+            "run shows D 224: it ends at 16x16 (faded in to 50%)") in caplog.text
+
+
+def test_a_conditional_progan_grows_too(tmp_path):
+    cfg = compose_config(["dataset.batch_size=16", "model=progan", *UNTIMED_PROGAN,
+                          "+model.num_classes=10"], tmp_path)
+    generator, discriminator = (OmegaConf.to_container(cfg.model[name], resolve=True)
+                                for name in ("generator", "discriminator"))
+    cfg.model.generator = {"_target_": "genmodels.nn.ConditionalGenerator", "latent_dim": 16,
+                           "num_classes": 10, "network": {**generator, "_partial_": True}}
+    cfg.model.discriminator = {"_target_": "genmodels.nn.ConditionalDiscriminator",
+                               "channels": 1, "num_classes": 10,
+                               "network": {**discriminator, "_partial_": True}}
+    gan = build(cfg.model)
+    trainer = L.Trainer(max_steps=14, limit_val_batches=0, logger=False, accelerator="cpu",
+                        callbacks=essential_callbacks(), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(gan, build(cfg.dataset))
+    assert len(gan.progressive_networks()) == 3  # G, its EMA copy and D, inside the wrappers
+    for network in gan.progressive_networks():
+        assert (network.stage, network.alpha) == (3, 1.0)
 
 def test_fade_in_blends_the_new_block_with_the_previous_stage():
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from genmodels.nn.gan_losses import (
     r1_penalty,
 )
 from genmodels.nn.layers import output_activation
-from genmodels.nn.progan import fade_real_images
+from genmodels.nn.progan import Progressive, fade_real_images
 from genmodels.nn.stylegan import StyleGANGenerator
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,8 @@ class GAN(GenerativeModel):
             self.generator_ema = copy.deepcopy(generator).requires_grad_(False)
         self._ema_statistics_stale = False  # the EMA weights moved since its BN statistics
         self._labels_checked = False
+        self._growth_checked = False  # the growth schedule fitted to (or checked against) the run
+        self._progressive = None
 
     # ----- the algorithm ------------------------------------------------------------------
 
@@ -141,6 +143,8 @@ class GAN(GenerativeModel):
             real = real[: len(real) // 2]
             labels = labels[: len(real)] if labels is not None else None
         if self.growth is not None:
+            if not self._growth_checked:
+                self.fit_growth_to_run(len(real))
             real = self.grow_for_step(real, self.discriminator_steps, self.trainer.world_size)
         fake, fake_labels = self.fakes_for_discriminator(len(real), labels)
         if self.replay is not None:
@@ -336,22 +340,49 @@ class GAN(GenerativeModel):
     def on_load_checkpoint(self, checkpoint) -> None:
         if self.replay is not None and "replay_buffer" in checkpoint:
             self.replay.load_state_dict(checkpoint["replay_buffer"])
+        if self.growth is not None and "growth" in checkpoint:
+            self.growth.load_state_dict(checkpoint["growth"])
 
     def on_save_checkpoint(self, checkpoint) -> None:
         if self.replay is not None:  # past fakes, so that a resumed run replays the same
             checkpoint["replay_buffer"] = self.replay.state_dict()
+        if self.growth is not None:  # phases fitted to the first run's length stay
+            checkpoint["growth"] = self.growth.state_dict()
         # The EMA generator is saved with the batch-norm statistics it samples with.
         if self.generator_ema is not None and self._ema_statistics_stale:
             self.recompute_ema_statistics()
             for name, buffer in self.generator_ema.named_buffers():
                 checkpoint["state_dict"][f"generator_ema.{name}"] = buffer.detach().clone()
 
+    def progressive_networks(self) -> list[Progressive]:
+        """G's, its EMA copy's and D's growing networks (inside a conditional wrapper too);
+        D's last. Found once: grow() runs every D step."""
+        if self._progressive is None:
+            networks = (self.generator, self.generator_ema, self.discriminator)
+            self._progressive = [module for network in networks if network is not None
+                                 for module in network.modules()
+                                 if isinstance(module, Progressive)]
+        return self._progressive
+
+    def fit_growth_to_run(self, reals_per_step: int) -> None:
+        """At the first D step of a run: the growth schedule's phases fitted to the real
+        images D will see over the run (max_epochs of batches or max_steps' D steps,
+        whichever ends first, on every process), or checked to reach the top stage."""
+        trainer = self.trainer
+        limits = []
+        if trainer.max_epochs not in (None, -1):
+            limits.append(trainer.max_epochs * trainer.num_training_batches)
+        if trainer.max_steps not in (None, -1):
+            limits.append(self.discriminator_steps_at(trainer.max_steps))
+        run_images = min(limits, default=math.inf) * reals_per_step * trainer.world_size
+        self.growth.fit_to_run(run_images, self.progressive_networks()[-1].num_stages)
+        self._growth_checked = True
+
     def grow(self, images_seen: int) -> None:
         """Progressive growing: set the stage and fade-in of G (and its EMA) and D."""
         stage, alpha = self.growth.at(images_seen)
-        for network in (self.generator, self.generator_ema, self.discriminator):
-            if network is not None:
-                network.set_stage(stage, alpha)
+        for network in self.progressive_networks():
+            network.set_stage(stage, alpha)
 
     def grow_for_step(self, real: torch.Tensor, discriminator_steps: int,
                       world_size: int) -> torch.Tensor:
@@ -363,7 +394,8 @@ class GAN(GenerativeModel):
 
     def fade_reals(self, real: torch.Tensor) -> torch.Tensor:
         """Real images at D's current resolution, faded in as G's images are."""
-        return fade_real_images(real, self.discriminator.stage, self.discriminator.alpha)
+        discriminator = self.progressive_networks()[-1]
+        return fade_real_images(real, discriminator.stage, discriminator.alpha)
 
     def real_batch(self, batch):
         """The real images, and their labels when the GAN is conditional (checked once)."""
@@ -402,9 +434,12 @@ class GAN(GenerativeModel):
 
     @property
     def discriminator_steps(self) -> int:
+        return self.discriminator_steps_at(self.global_step)
+
+    def discriminator_steps_at(self, optimizer_steps: int) -> int:
         cycle = self.d_steps + self.g_steps
-        return self.global_step // cycle * self.d_steps + min(self.global_step % cycle,
-                                                               self.d_steps)
+        return optimizer_steps // cycle * self.d_steps + min(optimizer_steps % cycle,
+                                                              self.d_steps)
 
     def optimizer_steps_for(self, steps: int) -> int:
         """`steps` generator steps, as optimizer steps: whole cycles of d_steps D steps and

@@ -10,6 +10,7 @@ the current resolution) and D accepts full-size images (average-pooled to it), s
 GAN model and the data need no resolution logic of their own.
 """
 
+import logging
 import math
 
 import torch
@@ -19,6 +20,8 @@ from torch import nn
 from genmodels.errors import GenmodelsError
 from genmodels.nn.gan_layers import MinibatchStdDev
 from genmodels.nn.layers import check_image_shape, make_activation
+
+log = logging.getLogger(__name__)
 
 
 class EqualizedLinear(nn.Module):
@@ -207,16 +210,65 @@ class GrowthSchedule:
     """When to grow: stage 0 (4x4) trains for `stable_images`; every later stage first
     fades its block in over `fade_images` (alpha 0 -> 1), then trains for `stable_images`.
     Images count real images shown to D, over all processes (the paper uses 800k for each
-    phase)."""
+    phase, and equal phases). Left unset (null), both are fitted to the run at its first
+    step (`fit_to_run`): the run's real images in 2 * stages - 1 equal phases, so that
+    every run reaches its top resolution and trains there for its last phase."""
 
-    def __init__(self, fade_images: int, stable_images: int):
-        if fade_images < 1 or stable_images < 0:
+    def __init__(self, fade_images: int | None = None, stable_images: int | None = None):
+        if (fade_images is None) != (stable_images is None):
+            raise GenmodelsError(
+                "Set both model.growth.fade_images and model.growth.stable_images, or "
+                f"neither (null: fitted to the run's length); got {fade_images!r}, "
+                f"{stable_images!r}.")
+        if fade_images is not None and (fade_images < 1 or stable_images < 0):
             raise GenmodelsError("fade_images must be >= 1 and stable_images >= 0, got "
                                  f"{fade_images!r}, {stable_images!r}.")
         self.fade_images, self.stable_images = fade_images, stable_images
 
+    @property
+    def fitted(self) -> bool:
+        return self.fade_images is not None
+
+    def images_to_top(self, num_stages: int) -> int:
+        """Real images until the top stage is fully faded in."""
+        return (num_stages - 1) * (self.fade_images + self.stable_images)
+
+    def fit_to_run(self, run_images: float, num_stages: int) -> None:
+        """Unset phases: fitted to a run showing D `run_images` real images. Set ones: a
+        warning when the run ends before the top stage (the paper's 800k per phase on a
+        small dataset never leaves 4x4); not an error, since a run may be extended later
+        (resume= with more epochs) and grow on."""
+        if not self.fitted:
+            if math.isinf(run_images):
+                raise GenmodelsError(
+                    "model.growth fits its phases to the run's length, but this run has "
+                    "neither trainer.max_epochs nor trainer.max_steps: set one, or "
+                    "model.growth.fade_images and model.growth.stable_images.")
+            phase = max(1, int(run_images) // (2 * num_stages - 1))
+            self.fade_images = self.stable_images = phase
+            return
+        if (needed := self.images_to_top(num_stages)) > run_images:
+            stage, alpha = self.at(int(run_images))
+            top, end = 4 * 2 ** (num_stages - 1), 4 * 2**stage
+            log.warning(
+                "model.growth reaches its top resolution (%dx%d) after %s real images, but "
+                "this run shows D %s: it ends at %dx%d%s. Set model.growth.fade_images=null "
+                "model.growth.stable_images=null to fit the phases to the run, or train %.1f "
+                "times as long.", top, top, f"{needed:,}", f"{int(run_images):,}", end, end,
+                f" (faded in to {alpha:.0%})" if alpha < 1 else "", needed / run_images)
+
     def at(self, images: int) -> tuple[int, float]:
+        if not self.fitted:
+            raise GenmodelsError("GrowthSchedule.at before fit_to_run: its phases are "
+                                 "fitted to the run at the first training step.")
         if images < self.stable_images:
             return 0, 1.0
         stage, within = divmod(images - self.stable_images, self.fade_images + self.stable_images)
         return stage + 1, min(1.0, within / self.fade_images)
+
+    def state_dict(self) -> dict:
+        return {"fade_images": self.fade_images, "stable_images": self.stable_images}
+
+    def load_state_dict(self, state: dict) -> None:
+        """The phases a run used: a resumed (or extended) run keeps growing on them."""
+        self.fade_images, self.stable_images = state["fade_images"], state["stable_images"]
