@@ -17,7 +17,7 @@ class TrainingLogs(L.Callback):
     `train/<name>_epoch` (the mean over the epoch) at each epoch's end, for every value in
     the `"log"` entry of what the model's `training_step` returns. A value is a scalar, or
     a vector of one value per optimizer step (fused batches): the step log shows the first,
-    the epoch mean counts them all. The figures a model only watches (its `monitoring`
+    the epoch mean counts them all (under 16-mixed, all the finite ones). The figures a model only watches (its `monitoring`
     ones: a GAN's gradient norms and D's accuracies) are computed on logging steps alone, so
     their epoch means average those steps. Under 16-mixed precision it logs the GradScaler's scale
     (`train/loss_scale`) on the same steps.
@@ -55,9 +55,17 @@ class TrainingLogs(L.Callback):
         logs = step_logs(outputs)
         if not logs:
             return
+        # 16-mixed: a non-finite value (a gradient norm) is a step the GradScaler skipped for
+        # overflowing float16 gradients, not a figure of the epoch: the means leave it out,
+        # on the device (the step log still shows it).
+        skipped_steps = pl_module.grad_scaler is not None
         for name, value in logs.items():
+            value, taken = value.detach(), value.numel()
+            if skipped_steps:
+                finite = value.isfinite()
+                value, taken = torch.where(finite, value, 0.0), finite.sum()
             total, count = self.epoch_sums.get(name, (0.0, 0))
-            self.epoch_sums[name] = (total + value.detach().sum(), count + value.numel())
+            self.epoch_sums[name] = (total + value.sum(), count + taken)
         self.shown |= {name: logs[name] for name in pl_module.progress_bar_metrics
                        if name in logs}
         if not is_logging_step(trainer):
