@@ -389,6 +389,26 @@ def test_sample_quality_is_measured_on_rank_zero_and_shared_with_the_others(monk
     assert len(zero.broadcast_calls) == len(other.broadcast_calls) == 1
 
 
+
+def test_a_failed_sample_quality_measurement_stops_every_rank_instead_of_hanging(monkeypatch):
+    from genmodels.callbacks import SampleQuality
+
+    def measure(self, trainer, pl_module):
+        raise OSError("No space left on device: the classifier cache")
+
+    monkeypatch.setattr(SampleQuality, "measure", measure)
+    callback = SampleQuality(every_n_epochs=1)
+    zero = Spy(0, None)
+    with pytest.raises(OSError, match="No space left"):  # rank 0: its own error
+        callback.on_validation_epoch_end(zero, zero)
+    # ...raised after the broadcast, which sent the error to the ranks waiting there
+    sent = "OSError: No space left on device: the classifier cache"
+    assert zero.broadcast_calls == [(sent, 0)]
+    other = Spy(1, sent)
+    with pytest.raises(GenmodelsError, match="measurement failed on rank 0: OSError: No space"):
+        callback.on_validation_epoch_end(other, other)
+    assert other.broadcast_calls == [(None, 0)] and other.logged == {}
+
 class ClassPool(GenerativeModel):
     """A 'conditional generator' that answers each label with real images of a chosen
     class, `shift` classes away (0: always right)."""

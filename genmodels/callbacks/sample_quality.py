@@ -5,6 +5,7 @@ import logging
 import lightning as L
 import torch
 
+from genmodels.errors import GenmodelsError
 from genmodels.metrics.classifier import classifier_for
 from genmodels.metrics.measure import measure
 
@@ -23,7 +24,8 @@ class SampleQuality(L.Callback):
     repeat the same work from the same seed); it broadcasts the values, so every rank logs
     the same numbers (a checkpoint or early stopping watching val/fd_classifier works on
     all of them). Every rank reaches the broadcast at the same epochs, so none waits
-    forever.
+    forever; when rank zero's measurement fails, it broadcasts the error, and every rank
+    stops with it.
     """
 
     def __init__(self, every_n_epochs: int = 5, num_samples: int = 2000,
@@ -36,8 +38,18 @@ class SampleQuality(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        metrics = self.measure(trainer, pl_module) if trainer.is_global_zero else None
+        failure = metrics = None
+        if trainer.is_global_zero:
+            try:
+                metrics = self.measure(trainer, pl_module)
+            except Exception as error:  # the other ranks wait at the broadcast: tell them
+                failure = error
+                metrics = f"{type(error).__name__}: {error}"
         metrics = trainer.strategy.broadcast(metrics, src=0)
+        if failure is not None:
+            raise failure
+        if isinstance(metrics, str):
+            raise GenmodelsError(f"The sample-quality measurement failed on rank 0: {metrics}")
         for name, value in metrics.items():
             pl_module.log(f"val/{name}", value, sync_dist=False)
 

@@ -17,10 +17,11 @@ class TrainingLogs(L.Callback):
     `train/<name>_epoch` (the mean over the epoch) at each epoch's end, for every value in
     the `"log"` entry of what the model's `training_step` returns. A value is a scalar, or
     a vector of one value per optimizer step (fused batches): the step log shows the first,
-    the epoch mean counts them all (under 16-mixed, all the finite ones). The figures a model only watches (its `monitoring`
-    ones: a GAN's gradient norms and D's accuracies) are computed on logging steps alone, so
-    their epoch means average those steps. Under 16-mixed precision it logs the GradScaler's scale
-    (`train/loss_scale`) on the same steps.
+    the epoch mean counts them all (under 16-mixed, all the finite ones). The figures a
+    model only watches (its `monitoring` ones: a GAN's gradient norms and D's accuracies)
+    are computed on logging steps alone, so their epoch means average those steps. Under
+    16-mixed precision it logs the GradScaler's scale (`train/loss_scale`) on the same
+    steps.
 
     Each `self.log` call costs Lightning a fraction of a millisecond, as much as a whole
     training step of a small model, so the values are summed on the device (no GPU sync)
