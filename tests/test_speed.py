@@ -74,9 +74,19 @@ def fake_machine(monkeypatch, load: float, busy_share: float, cpus: int = 4):
 
 def test_a_job_started_just_now_counts_before_the_load_average_sees_it(monkeypatch):
     fake_machine(monkeypatch, load=0.1, busy_share=0.5, cpus=2)  # one of two cores busy
-    assert speed.busy_cores() == (1.0, ": load average 0.1, 1.0 just now")
-    fake_machine(monkeypatch, load=1.6, busy_share=0.0, cpus=2)  # the load average is higher
-    assert speed.busy_cores()[0] == 1.6
+    assert speed.busy_cores(2) == (1.0, ": load average 0.1, 1.0 just now")
+    fake_machine(monkeypatch, load=0.9, busy_share=0.0, cpus=2)  # the load average is higher
+    assert speed.busy_cores(2)[0] == 0.9
+
+
+def test_the_cpus_are_not_sampled_when_the_load_average_already_decides(monkeypatch):
+    fake_machine(monkeypatch, load=1.6, busy_share=0.0, cpus=2)  # one thread, whatever comes
+    waits = []
+    monkeypatch.setattr(speed.time, "sleep", waits.append)
+    assert speed.busy_cores(2) == (1.6, ": load average 1.6")
+    fake_machine(monkeypatch, load=0.2, busy_share=0.0, cpus=2)
+    monkeypatch.setattr(speed.time, "sleep", waits.append)
+    assert speed.busy_cores(2)[0] == 0.2 and waits == [0.1]  # sampled, for a tenth of a second
 
 
 @pytest.mark.parametrize(("n_jobs", "expected"), [(4, 4), (-1, 8), (-2, 7), (1, 1)])

@@ -36,7 +36,7 @@ def configure_backends(speed: DictConfig | None) -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     requested, jobs = speed.get("cpu_threads"), parallel_jobs(cpus)
     omp_threads = os.environ.get("OMP_NUM_THREADS")
-    busy, judged = (0.0, "") if requested or jobs > 1 or omp_threads else busy_cores()
+    busy, judged = (0.0, "") if requested or jobs > 1 or omp_threads else busy_cores(cpus or 1)
     threads, reason = choose_cpu_threads(requested, jobs, cpus or 1, busy, omp_threads)
     torch.set_num_threads(threads)
     if rank_zero_only.rank == 0:
@@ -71,12 +71,15 @@ def choose_cpu_threads(requested: int | None, jobs: int, cpus: int, busy: float,
     return idle, f"{busy:.1f} of {cpus} cores busy"
 
 
-def busy_cores(seconds: float = 0.25) -> tuple[float, str]:
-    """How many cores other work keeps busy, and how that was judged: the 1-minute load
-    average, or the busy share of the CPUs over the next `seconds` (Linux) when higher,
-    since the load average takes a minute to notice a job that has just started, such as
-    a second training started at the same time."""
+def busy_cores(cpus: int, seconds: float = 0.1) -> tuple[float, str]:
+    """How many of the `cpus` cores other work keeps busy, and how that was judged: the
+    1-minute load average, or the busy share of the CPUs over the next `seconds` (Linux)
+    when higher, since the load average takes a minute to notice a job that has just
+    started, such as a second training started at the same time. Not sampled when the
+    load average already leaves one thread to choose (every run paid the wait)."""
     load = os.getloadavg()[0]
+    if load >= cpus - 0.5:
+        return load, f": load average {load:.1f}"
     try:
         first = read_cpu_times()
         time.sleep(seconds)
