@@ -13,7 +13,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from genmodels.config import check_overrides_compose, task_function
-from genmodels.engine.rundirs import RunDirectory, release_directory_locks, with_run_choices
+from genmodels.engine.rundirs import (
+    RunDirectory,
+    release_directory_locks,
+    stop_on_sigterm,
+    with_run_choices,
+)
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.sweeps import record_failed_job
 
@@ -23,6 +28,8 @@ def main(cfg: DictConfig) -> float | None:
     # Imported here, so that `--help` answers without loading PyTorch.
     from genmodels.jobs.train import optimized_value
 
+    if HydraConfig.get().mode == RunMode.RUN:
+        stop_on_sigterm()  # a start stopped by SIGTERM is cleaned up as a refused one
     try:
         # The job: `genmodels.jobs.train.train` unless an experiment names another `task`.
         metrics = task_function(cfg.get("task", "genmodels.jobs.train.train"))(cfg)

@@ -21,7 +21,7 @@ from genmodels.errors import GenmodelsError
 from genmodels.files import check_intact, checksum_path, write_with_checksum
 from genmodels.jobs.train import train
 
-from .conftest import FAST, SMALL_DCGAN, TINY, compose_config, run_main
+from .conftest import FAST, ROOT, SMALL_DCGAN, TINY, compose_config, run_main
 
 
 def digest(path: Path) -> str:
@@ -178,6 +178,58 @@ def test_a_second_process_is_refused_a_run_directory_in_use(tmp_path, capsys):
     run_main("model=ae", *TINY, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
 
+
+
+def test_a_run_directory_with_another_runs_records_and_no_checkpoint_is_not_rewritten(
+        tmp_path, capsys):
+    # e.g. a run that failed before its first checkpoint: its record tells what it was.
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("the earlier run's record\n")
+    (run_dir / "summary.json").write_text("{}\n")
+    with pytest.raises(SystemExit, match=r"holds another run's records \(summary.json, "
+                                         r"\.hydra/config.yaml\) and no checkpoint"):
+        run_main("model=ae", *FAST, f"hydra.run.dir={run_dir}")
+    assert "Traceback" not in capsys.readouterr().err
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == "the earlier run's record\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == [".hydra", "summary.json"]
+
+
+SIGTERM_AT_START = """
+import os, runpy, signal, sys
+import genmodels.jobs.train as job
+checked = job.check_run_options
+def check_then_get_sigterm(cfg):  # SIGTERM while the run starts (the datamodule loads...)
+    checked(cfg)
+    os.kill(os.getpid(), signal.SIGTERM)
+job.check_run_options = check_then_get_sigterm
+sys.argv = [os.path.abspath("train.py"), *sys.argv[1:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_sigterm_during_start_up_leaves_no_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", SIGTERM_AT_START, "model=ae", *FAST,
+                           f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.strip().endswith("Error: Stopped by SIGTERM before the first training "
+                                        "step: nothing of this start is kept.")
+    assert "Traceback" not in done.stderr and not run_dir.exists()
+
+
+def test_a_read_only_working_directory_is_one_sentence(tmp_path, monkeypatch, capsys):
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Path, "mkdir", read_only)  # as a user without write access sees it
+    with pytest.raises(SystemExit, match=r"Cannot create the directory logs/runs/\S+: "
+                                         r"Read-only file system. Run from a folder you can "
+                                         r"write to, or name one: hydra.run.dir=<folder>"):
+        run_main("model=ae", *FAST)
+    assert "Traceback" not in capsys.readouterr().err
 
 def test_a_sweep_directory_in_use_is_not_rewritten(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"

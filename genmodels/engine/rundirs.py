@@ -5,6 +5,7 @@ import itertools
 import logging
 import os
 import shutil
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -30,14 +31,20 @@ def claim_directory(path: str | Path) -> Path:
     created. `mkdir` fails when the directory exists, so two runs started in the same
     second (or two jobs on a shared disk) can never get the same one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for number in itertools.count(1):
-        candidate = path if number == 1 else path.with_name(f"{path.name}_{number}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for number in itertools.count(1):
+            candidate = path if number == 1 else path.with_name(f"{path.name}_{number}")
+            try:
+                candidate.mkdir()
+                return candidate
+            except FileExistsError:
+                continue
+    except OSError as error:  # a read-only working directory, a full disk...
+        raise GenmodelsError(
+            f"Cannot create the directory {path}: {error.strerror}. Run from a folder you "
+            "can write to, or name one: hydra.run.dir=<folder> (hydra.sweep.dir=<folder> "
+            "for a sweep).") from None
 
 
 def run_directory(checkpoint: Path) -> Path:
@@ -122,6 +129,21 @@ def refuse(error: GenmodelsError):
     exception raised in its callbacks)."""
     sys.exit(f"Error: {error}")
 
+
+
+def stop_on_sigterm() -> None:
+    """Until Lightning's fit takes SIGTERM over (it then stops at the end of a step and
+    saves interrupted.ckpt), SIGTERM raises a GenmodelsError, so that a start stopped by
+    it is cleaned up as a refused one (discard_if_unused) instead of dying half-made."""
+    def handler(signum, frame):
+        if signal.getsignal(signal.SIGTERM) is not handler:
+            return  # Lightning's own handler runs, and calls the ones before it: its turn
+        if RunDirectory.trained:
+            raise GenmodelsError("Stopped by SIGTERM after training; its checkpoints are kept.")
+        raise GenmodelsError("Stopped by SIGTERM before the first training step: nothing of "
+                             "this start is kept.")
+
+    signal.signal(signal.SIGTERM, handler)
 
 class RunDirectory(Callback):
     """Hydra callback: a new run (or a sweep) claims its directory exclusively before Hydra

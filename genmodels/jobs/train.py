@@ -32,7 +32,7 @@ from genmodels.engine.fused_batches import fuse_batches, fused_batches
 from genmodels.engine.hparams import curated_hparams, log_hparams_session
 from genmodels.engine.lightning_private import find_unused_parameters
 from genmodels.engine.model_summary import ModelSummary
-from genmodels.engine.rundirs import RunDirectory, save_hydra_record
+from genmodels.engine.rundirs import RunDirectory, is_first_process, save_hydra_record
 from genmodels.engine.runs import (
     OptimizerOverrides,
     check_checkpoint,
@@ -84,14 +84,29 @@ def choose_strategy(strategy, model: L.LightningModule):
     return strategy
 
 
+# What a run leaves in its directory, besides checkpoints, that a new run would rewrite.
+RUN_RECORDS = ("config.yaml", "summary.json", ".hydra/config.yaml")
+
+
 def check_fresh_output_dir(cfg: DictConfig, output_dir: Path) -> None:
-    """Refuse to train over another run's checkpoints, unless continuing that run."""
+    """Refuse to train over another run's checkpoints or records, unless continuing that
+    run (a SLURM job requeued into its own directory continues it too)."""
+    if cfg.get("ckpt_path") is not None:
+        return
     checkpoint_dir = output_dir / "checkpoints"
-    if cfg.get("ckpt_path") is None and any(checkpoint_dir.glob("*.ckpt")):
+    if any(checkpoint_dir.glob("*.ckpt")):
         raise GenmodelsError(
             f"{checkpoint_dir} already holds checkpoints; refusing to overwrite them. "
             f"Start a new run directory, or continue this run with resume={output_dir}."
         )
+    # Other DDP processes start when the first has written its own records.
+    records = [name for name in RUN_RECORDS if (output_dir / name).is_file()]
+    if records and is_first_process() and not int(os.environ.get("SLURM_RESTART_COUNT", "0")
+                                                  or 0):
+        raise GenmodelsError(
+            f"{output_dir} holds another run's records ({', '.join(records)}) and no "
+            "checkpoint to continue it from; a new run would rewrite them. Start a new run "
+            "directory (leave hydra.run.dir unset, or give a new one).")
 
 
 def requeued_on_slurm(output_dir: Path) -> bool:
