@@ -3,8 +3,10 @@ last good checkpoint and never writes a NaN checkpoint over it; without reading 
 value back on ordinary steps; and 16-mixed precision's skipped steps are not divergence."""
 
 import json
+import logging
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +23,7 @@ from genmodels.engine import essential_callbacks
 from genmodels.engine.divergence import last_checkpoint
 from genmodels.engine.fused_batches import fuse_batches
 from genmodels.errors import TrainingDiverged
+from genmodels.jobs.pretrain import pretrain_classifier
 from genmodels.jobs.sweeps import collect_jobs
 from genmodels.jobs.train import train
 
@@ -158,6 +161,30 @@ def test_a_diverging_run_exits_as_diverged_and_a_resume_keeps_the_good_checkpoin
     assert last.read_bytes() == before
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]
     assert json.loads((tmp_path / "good" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_the_pretraining_classifier_stops_on_nan_and_reports_no_accuracy(make_config, caplog):
+    """experiment=pretrain_classifier: a classifier whose lr (1e36) overflows its weights
+    stops with the guard's message, naming which classifier and the lr to lower, instead
+    of training on NaNs and reporting their accuracy (a chance-level 0.1) as a result.
+    Found at the end of training: 2 epochs of 2 batches, no logging step among them."""
+    cfg = make_config("experiment=pretrain_classifier", *FAST, "trainer.max_epochs=1",
+                      "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+                      "test=false", "logger=csv", "callbacks.image_grids=null",
+                      "pretrain.num_labelled=64", "pretrain.classifier_epochs=2",
+                      "pretrain.classifier.optimizer.lr=1e36")
+    with caplog.at_level(logging.INFO, logger="genmodels.jobs.pretrain"), \
+            pytest.raises(TrainingDiverged) as error:
+        pretrain_classifier(cfg)
+    message = str(error.value)
+    assert re.fullmatch(r"Training diverged: the loss of the classifier with the pretrained "
+                        r"encoder( and the weights)? became NaN or infinite between step 0 and "
+                        r"step 4; nothing from these steps was saved and no checkpoint was "
+                        r"saved before; try a lower pretrain\.classifier\.optimizer\.lr\.",
+                        message), message
+    # Neither accuracy was reported, on the console or in TensorBoard's comparison.
+    assert "Test accuracy" not in caplog.text
+    assert not (Path(cfg.paths.output_dir) / "comparison").exists()
 
 
 def test_the_sweep_table_reads_the_status_a_run_wrote(tmp_path):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, open_dict
 
 from genmodels.config import build
 from genmodels.data import InMemoryImageDataModule
+from genmodels.engine.divergence import DivergenceGuard
 from genmodels.engine.rundirs import save_hydra_record
 from genmodels.engine.runs import load_model
 from genmodels.errors import GenmodelsError
@@ -50,10 +51,14 @@ def fit_classifier(cfg: DictConfig, name: str, encoder: torch.nn.Module, freeze:
     settings = cfg.pretrain
     classifier = build(settings.classifier)(encoder=encoder, num_classes=num_classes,
                                             freeze_encoder=freeze)
+    # A NaN or infinite loss or weight stops training with a message naming this one of
+    # the two classifiers, rather than reporting the accuracy of NaN logits as a result.
+    classifier.watched_for_divergence = {"loss": f"loss of the classifier with the {name} "
+                                                 "encoder"}
     logger = TensorBoardLogger(output_dir, name=f"classifier_{name}", version="",
                                default_hp_metric=False)
     trainer = build(cfg.trainer, max_epochs=settings.classifier_epochs, logger=logger,
-                    callbacks=[], enable_checkpointing=False, max_steps=-1,
+                    callbacks=[DivergenceGuard()], enable_checkpointing=False, max_steps=-1,
                     check_val_every_n_epoch=settings.get("val_every_n_epochs", 1))
     log.info("Classifier with the %s encoder on %d labelled images.", name,
              len(datamodule.splits["train"][0]))

@@ -38,7 +38,29 @@ def check_output_range(activation: nn.Module, value_range, network: str, key: st
         f"the images are scaled to: set {key}={fitting}"
         + (f", or set model.value_range={[low, high]}." if bounded else "."))
 
-class GenerativeModel(L.LightningModule):
+class WatchedForDivergence(L.LightningModule):
+    """What the engine's DivergenceGuard reads from a model it guards: the values its
+    `training_step` returns under "log" that it watches, how the message names them and
+    ends, where training is and the 16-mixed GradScaler. Every model that genmodels trains
+    has it: the generative families (GenerativeModel) and the pretraining classifier."""
+
+    # The training logs that diverged training when NaN or infinite, and how the message
+    # names them (a NaN gradient makes NaN weights, whose loss shows it a step later).
+    watched_for_divergence = {"loss": "loss"}
+    # The end of the "Training diverged" message.
+    divergence_advice = "try a lower model.optimizer.lr"
+
+    def training_progress(self) -> str:
+        """Where training is, for messages."""
+        return f"step {self.global_step}"
+
+    @property
+    def grad_scaler(self):
+        """16-mixed precision's GradScaler during training; None under other precisions."""
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+
+class GenerativeModel(WatchedForDivergence):
     """Base of every model family.
 
     The common interface: `sample(n)` returns n images in the model's `value_range`, and
@@ -49,11 +71,6 @@ class GenerativeModel(L.LightningModule):
 
     # The training logs shown in the progress bar.
     progress_bar_metrics = ("loss",)
-    # The training logs that diverged training when NaN or infinite, and how the message
-    # names them (a NaN gradient makes NaN weights, whose loss shows it a step later).
-    watched_for_divergence = {"loss": "loss"}
-    # The end of the "Training diverged" message.
-    divergence_advice = "try a lower model.optimizer.lr"
     # Whether a training step computes the figures that are only watched, not trained on
     # (a GAN's gradient norms and D's accuracies). The engine sets it for each step:
     # on Lightning's logging steps only, since each figure costs device work every step.
@@ -103,19 +120,10 @@ class GenerativeModel(L.LightningModule):
             self.log(f"{stage}/{name}", value, prog_bar=name in self.progress_bar_metrics,
                      on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
 
-    def training_progress(self) -> str:
-        """Where training is, for messages."""
-        return f"step {self.global_step}"
-
     def optimizer_steps_for(self, steps: int) -> int:
         """The optimizer steps (Lightning's `global_step`) that make `steps` training steps
         of this model, as `trainer.max_steps` counts them: one each here."""
         return steps
-
-    @property
-    def grad_scaler(self):
-        """16-mixed precision's GradScaler during training; None under other precisions."""
-        return getattr(self.trainer.precision_plugin, "scaler", None)
 
     # The model config's node of each optimizer configure_optimizers returns, in order:
     # resuming with e.g. model.optimizer.lr=1e-4 changes the restored optimizer it names.

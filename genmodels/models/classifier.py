@@ -2,25 +2,29 @@
 
 from collections.abc import Callable
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from genmodels.errors import GenmodelsError
-from genmodels.models.base import flat_output_width
+from genmodels.models.base import WatchedForDivergence, flat_output_width
 from genmodels.nn.dense import mlp
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(WatchedForDivergence):
     """encoder -> batch norm -> dense head (`hidden_sizes`, then one logit per class),
     trained with cross-entropy.
 
     With `freeze_encoder`, only the head learns: the encoder (e.g. one pretrained as an
     autoencoder) is a fixed feature extractor, kept in eval mode. Logs loss and accuracy
-    as train/..., val/..., test/... (accuracy from torchmetrics).
+    as train/..., val/..., test/... (accuracy from torchmetrics). Its training loss is
+    watched by the engine's DivergenceGuard, as a generative model's is.
     """
+
+    watched_for_divergence = {"loss": "classifier's loss"}
+    # Its config is the pretraining experiment's (conf/experiment/pretrain_classifier.yaml).
+    divergence_advice = "try a lower pretrain.classifier.optimizer.lr"
 
     def __init__(self, encoder: nn.Module, num_classes: int, channels: int, image_size: int,
                  optimizer: Callable, hidden_sizes: list[int] = (), activation: str = "selu",
@@ -62,7 +66,9 @@ class ImageClassifier(L.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx):
-        return self.step(batch, "train")
+        loss = self.step(batch, "train")
+        # Under "log", for the DivergenceGuard: it checks that the loss is finite.
+        return {"loss": loss, "log": {"loss": loss.detach()}}
 
     def validation_step(self, batch, batch_idx):
         self.step(batch, "val")
