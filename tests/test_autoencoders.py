@@ -261,6 +261,29 @@ def test_pretraining_experiment_reports_both_accuracies(make_config, caplog):
     assert (output_dir / "classifier_scratch").is_dir()
 
 
+def test_pretraining_prints_each_model_summary_without_the_flops_column(make_config, caplog,
+                                                                      capsys, monkeypatch):
+    """The autoencoder's and both classifiers' layer tables are genmodels' ModelSummary,
+    as train.py prints: Lightning's own (or its rich one, printed to stdout) adds a FLOPs
+    column of zeros (these models define no example_input_array) and a FLOPs total."""
+    cfg = make_config("experiment=pretrain_classifier", "trainer=cpu",
+                      "trainer.enable_progress_bar=false", "trainer.enable_model_summary=true",
+                      "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                      "trainer.limit_val_batches=1", "test=false", "logger=csv",
+                      "callbacks.image_grids=null", "pretrain.num_labelled=16",
+                      "pretrain.classifier_epochs=1")
+    # Lightning's logger does not pass its lines on to the root logger, where caplog
+    # listens, unless train.py's console has taken its own handler away.
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch"), "propagate", True)
+    with caplog.at_level(logging.INFO):
+        pretrain_classifier(cfg)
+    output = capsys.readouterr().out + caplog.text
+    # One table per model trained, the classifiers' with their head; none counts FLOPs.
+    assert output.count("Trainable params") == 3, output
+    assert output.count("head") >= 2, output
+    assert "flops" not in output.lower(), output
+
+
 def test_pretraining_classifier_can_freeze_the_encoder(tmp_path):
     cfg = compose_config(["experiment=pretrain_classifier"], tmp_path)
     encoder = build(cfg.model.encoder)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 from genmodels.config import build
 from genmodels.data import InMemoryImageDataModule
 from genmodels.engine.divergence import DivergenceGuard
+from genmodels.engine.model_summary import ModelSummary
 from genmodels.engine.rundirs import save_hydra_record
 from genmodels.engine.runs import load_model
 from genmodels.errors import GenmodelsError
@@ -57,9 +58,14 @@ def fit_classifier(cfg: DictConfig, name: str, encoder: torch.nn.Module, freeze:
                                                  "encoder"}
     logger = TensorBoardLogger(output_dir, name=f"classifier_{name}", version="",
                                default_hp_metric=False)
+    callbacks = [DivergenceGuard()]
+    if cfg.trainer.get("enable_model_summary", True):
+        # In place of Lightning's (below), which shows FLOPs, as train.py's runs do.
+        callbacks.append(ModelSummary())
     trainer = build(cfg.trainer, max_epochs=settings.classifier_epochs, logger=logger,
-                    callbacks=[DivergenceGuard()], enable_checkpointing=False, max_steps=-1,
-                    check_val_every_n_epoch=settings.get("val_every_n_epochs", 1))
+                    callbacks=callbacks, enable_checkpointing=False, max_steps=-1,
+                    check_val_every_n_epoch=settings.get("val_every_n_epochs", 1),
+                    enable_model_summary=False)
     log.info("Classifier with the %s encoder on %d labelled images.", name,
              len(datamodule.splits["train"][0]))
     trainer.fit(classifier, datamodule=datamodule)
