@@ -265,6 +265,43 @@ def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache,
         evaluate(cfg)
 
 
+def test_evaluate_with_inception_draws_the_samples_once_for_every_metric(
+        vae_run, classifier_cache, monkeypatch, tmp_path):
+    """inception_weights=<file>: the Inception metrics score the very samples the
+    classifier metrics scored, drawn once (drawing them again doubled the sampling time of
+    an evaluation). torch-fidelity and the weights are stood in for: only what reaches
+    the Inception metrics matters here."""
+    model_class = type(load_model(vae_run))
+    drawn = []
+    sample = model_class.sample
+
+    def counted_sample(self, n, *args, **kwargs):
+        drawn.append(n)
+        return sample(self, n, *args, **kwargs)
+
+    received = []
+
+    def fake_inception_metrics(weights, real, fake, seed=0):
+        received.append(fake.clone())
+        return {"fid_inception": 1.0}
+
+    monkeypatch.setattr(model_class, "sample", counted_sample)
+    monkeypatch.setattr("genmodels.jobs.evaluate.check_inception_available", lambda w: w)
+    monkeypatch.setattr("genmodels.jobs.evaluate.inception_metrics", fake_inception_metrics)
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"")
+    result = evaluate(tool_config("evaluate", f"run={vae_run}", "num_samples=120",
+                                  f"classifier_cache={classifier_cache}", "classifier_epochs=2",
+                                  "nll_samples=0", f"inception_weights={weights}",
+                                  f"out={tmp_path / 'metrics.json'}"))
+    assert sum(drawn) == 120, drawn
+    # The Inception metrics had those 120 samples, as sample_images draws them from the seed.
+    (fake,) = received
+    model = load_model(vae_run)
+    assert torch.equal(fake.cpu(), sample_images(model, 120, seed=0))
+    assert result["metrics"]["fid_inception"] == 1.0 and "fd_classifier" in result["metrics"]
+
+
 def tool_config_from_command_line(name: str, *overrides: str):
     """The config of `python <name>.py overrides...`, with Hydra's record of the command
     line set as under `@hydra.main` (what `check_override_types` reads)."""

@@ -35,8 +35,8 @@ from genmodels.files import make_output_folder, write_text_atomically
 from genmodels.metrics.classifier import classifier_for
 from genmodels.metrics.inception import check_inception_available, inception_metrics
 from genmodels.metrics.likelihood import importance_sampled_nll
-from genmodels.metrics.measure import measure
-from genmodels.sampling import chosen_device, from_uint8, sample_images, sampling_options
+from genmodels.metrics.measure import measure, measured_samples
+from genmodels.sampling import chosen_device, from_uint8, sampling_options
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,15 @@ def evaluate(cfg: DictConfig) -> dict:
     long = cfg.num_samples >= PROGRESS_FROM
     if long:
         log.info("Sampling %d images, then measuring them...", cfg.num_samples)
+    # Drawn once, for the classifier metrics and the Inception ones alike.
+    fake = measured_samples(model, cfg.num_samples, seed=cfg.seed, temperature=cfg.temperature,
+                            ema=cfg.ema, progress=long).to(device)
     metrics = measure(model, classifier, real, labels, cfg.num_samples, seed=cfg.seed,
-                      temperature=cfg.temperature, ema=cfg.ema, progress=long)
+                      temperature=cfg.temperature, ema=cfg.ema, samples=fake)
     if hasattr(model, "posterior") and cfg.nll_samples > 0:
         metrics["nll_importance_sampled"] = vae_nll(model, real, k=cfg.nll_samples,
                                                     batch_size=cfg.batch_size, seed=cfg.seed)
     if cfg.inception_weights:
-        fake = sample_images(model, cfg.num_samples, seed=cfg.seed, temperature=cfg.temperature,
-                             ema=cfg.ema, progress=long).to(device)
         metrics |= inception_metrics(cfg.inception_weights, real, fake, seed=cfg.seed)
     else:
         log.info("Inception FID/KID/IS skipped: they need the FID Inception weights, which "
