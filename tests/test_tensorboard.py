@@ -12,7 +12,7 @@ import yaml
 from genmodels.jobs.train import train
 from genmodels.sampling import interleave_rows
 
-from .conftest import FAST, compose_config
+from .conftest import FAST, compose_config, run_main
 
 TINY = [*FAST, "trainer.max_epochs=2", "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
@@ -93,6 +93,47 @@ def test_hparams_are_a_short_flat_curated_set(mixed_logdir):
     saved = yaml.safe_load((mixed_logdir / "runs" / "vae" / "tensorboard" / "hparams.yaml")
                            .read_text())
     assert saved == vae
+
+
+def session_starts(session_dir: Path) -> list[dict]:
+    """The hyperparameters of every HPARAMS session started in `session_dir`'s event files
+    (TensorBoard's `_hparams_/session_start_info` summaries), whichever row it shows."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import metadata
+
+    starts = []
+    for path in sorted(session_dir.glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == metadata.SESSION_START_INFO_TAG:
+                    info = metadata.parse_session_start_info_plugin_data(
+                        value.metadata.plugin_data.content)
+                    starts.append({name: getattr(v, v.WhichOneof("kind"))
+                                   for name, v in info.hparams.items()})
+    return starts
+
+
+def test_a_resumed_run_is_one_hparams_row_with_its_new_max_epochs_and_final_metrics(tmp_path):
+    """`python train.py resume=<run> trainer.max_epochs=2` (docs/usage.md) after a 1-epoch
+    run: the run's HPARAMS session is replaced, not added to; a second session in the same
+    directory kept the first one's max_epochs in the row TensorBoard shows."""
+    run_dir = tmp_path / "runs" / "vae"
+    train(compose_config(["model=vae", *TINY, "trainer.max_epochs=1",
+                          "callbacks.image_grids=null"], run_dir))
+    logged = sorted(p.name for p in (run_dir / "tensorboard").glob("events.*"))
+    run_main(f"resume={run_dir}", "trainer.max_epochs=2")
+    (start,) = session_starts(run_dir / "tensorboard" / "hparams")
+    assert start["trainer.max_epochs"] == 2
+    (row,) = hparams_table(tmp_path).values()
+    assert row["hparams"]["trainer.max_epochs"] == 2
+    # The final metrics are the resumed run's, as its summary.json has them.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs"] == 2
+    assert row["metrics"] == pytest.approx({f"hp/{name}": value
+                                            for name, value in summary["metrics"].items()
+                                            if name.startswith(("val/", "test/"))})
+    # The training curves of both runs are kept: only the session was replaced.
+    assert set(logged) < {p.name for p in (run_dir / "tensorboard").glob("events.*")}
 
 
 def scalars_and_images(run_dir: Path):

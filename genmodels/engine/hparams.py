@@ -90,14 +90,34 @@ def config_choices(run_dir: str | Path | None) -> dict:
 def log_hparams_session(session_dir: str | Path, hparams: dict, metrics: dict[str, float],
                         step: int = 0) -> None:
     """One HPARAMS row: a TensorBoard run `session_dir` with `hparams` and the scalars
-    `metrics`, and no experiment summary (see the module docstring)."""
+    `metrics`, and no experiment summary (see the module docstring).
+
+    A session already there (a resumed run's first one, an evaluation written again with
+    overwrite=true) is replaced: TensorBoard shows one row per directory, with the
+    hyperparameters of its first session, so a resumed run kept its old max_epochs. The
+    new session is written first, then the earlier files that hold a session are removed;
+    any other file is left alone."""
     from torch.utils.tensorboard import SummaryWriter
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+    earlier = [path for path in Path(session_dir).glob("events.out.tfevents.*")
+               if holds_session(path)]
     _, start, end = hparams_summaries(hparams, metrics)
     with SummaryWriter(str(session_dir)) as writer:
         writer.file_writer.add_summary(start, step)
         for name, value in metrics.items():
             writer.add_scalar(name, value, step)
         writer.file_writer.add_summary(end, step)
+    for path in earlier:
+        path.unlink()
+
+
+def holds_session(event_file: Path) -> bool:
+    """Whether a TensorBoard event file starts an HPARAMS session."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams.metadata import SESSION_START_INFO_TAG
+
+    return any(value.tag == SESSION_START_INFO_TAG
+               for event in EventFileLoader(str(event_file)).Load()
+               for value in event.summary.value)
 
