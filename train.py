@@ -20,7 +20,12 @@ from genmodels.engine.rundirs import (
     with_run_choices,
 )
 from genmodels.errors import GenmodelsError
-from genmodels.jobs.sweeps import record_failed_job
+from genmodels.jobs.sweeps import (
+    SearchStopped,
+    finish_unfinished_sweep,
+    record_failed_job,
+    search_stop,
+)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -38,11 +43,14 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as error:
         user_error = isinstance(error, GenmodelsError)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # One job of a sweep failed: the sweep goes on, and its table lists the job as
-            # failed with this reason (Optuna records a failed trial). A bug keeps its
-            # traceback, in the job's log.
+            # One job of a sweep failed: its table lists the job as failed with this
+            # reason. A bug keeps its traceback, in the job's log. The sweep goes on
+            # (Optuna records a failed trial), unless a search's trial was refused
+            # before training: the next trials would be refused alike.
             logging.getLogger(__name__).error("Error: %s", error, exc_info=not user_error)
             record_failed_job(error)
+            if (stop := search_stop(error, RunDirectory.trained)) is not None:
+                raise stop from error
             return None
         RunDirectory.discard_if_unused()  # a refused start leaves no trace
         release_directory_locks()
@@ -58,7 +66,19 @@ def run() -> None:
         check_overrides_compose(str(Path(__file__).parent / "conf"), "config", sys.argv[1:])
     except GenmodelsError as error:
         sys.exit(f"Error: {error}")
-    main()
+    try:
+        main()
+    except SearchStopped as stop:
+        logging.getLogger(__name__).info(
+            "Search stopped at %s, refused before training: a problem with the data or "
+            "the config, which its next trials would meet too.", stop.job)
+        finish_unfinished_sweep()
+        sys.exit(f"Error: {stop}")
+    finally:
+        # A sweep that ended early (Optuna without a completed trial, Ctrl-C) skipped
+        # Hydra's end-of-sweep callbacks: its table is written all the same.
+        finish_unfinished_sweep()
+        release_directory_locks()
 
 
 if __name__ == "__main__":

@@ -1,16 +1,18 @@
 """Sweeps: every search and launcher config composes, an Optuna sweep goes on past a
-diverged trial, each job runs in its own directory, and the sweep table ranks them."""
+diverged trial and stops at one refused before training, each job runs in its own
+directory, and the sweep table ranks them, also when the sweep ends early."""
 
 
 import csv
 import json
 from pathlib import Path
 
+import pytest
 from hydra.core.hydra_config import HydraConfig
 
 from genmodels.jobs.sweeps import write_tables
 
-from .conftest import CONF, TINY, compose_config, run_train
+from .conftest import CONF, TINY, compose_config, run_main, run_train
 
 
 def test_slurm_launcher_and_every_search_and_preset_compose(tmp_path):
@@ -130,3 +132,32 @@ def test_a_job_that_trained_then_failed_is_listed_as_failed(tmp_path, monkeypatc
         summary = json.loads((tmp_path / "summary.json").read_text())
         assert summary["status"] == after
         assert summary["error"] == "optimized_metric='val/x' was not logged"
+
+
+def test_an_optuna_search_stops_at_a_trial_refused_before_training(tmp_path, capsys):
+    # `hparams_search=vae_optuna dataset=fashion` offline: every trial would be refused
+    # alike. The search stops at the first, with the dataset's sentence, and its table.
+    sweep = tmp_path / "sweep"
+    with pytest.raises(SystemExit) as stop:
+        run_main("hparams_search=vae_optuna", "dataset=fashion", "dataset.download=false",
+                 f"dataset.data_dir={tmp_path / 'nowhere'}", "hydra.sweeper.n_trials=3",
+                 *TINY, f"hydra.sweep.dir={sweep}")
+    assert str(stop.value.code).startswith("Error: The fashion dataset is not in "), stop.value
+    assert "Traceback" not in capsys.readouterr().err
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_vae_fashion"]
+    (row,) = csv.DictReader(open(sweep / "sweep_summary.csv"))
+    assert row["status"] == "failed" and row["error"].startswith("The fashion dataset is not")
+    assert "| 0_vae_fashion | failed |" in (sweep / "sweep_summary.md").read_text()
+
+
+def test_an_optuna_search_without_a_completed_trial_still_writes_its_table(tmp_path):
+    # Both trials diverge (a legitimate failed trial: the search goes on); Optuna then has
+    # no best trial and raises, and Hydra skips its end-of-sweep callbacks.
+    sweep = tmp_path / "sweep"
+    with pytest.raises(SystemExit):
+        run_main("hparams_search=vae_optuna", "hydra.sweeper.n_trials=2",
+                 "model.optimizer.lr=1e6", "trainer.max_epochs=1", *TINY,
+                 "callbacks.image_grids=null", f"hydra.sweep.dir={sweep}")
+    table = list(csv.DictReader(open(sweep / "sweep_summary.csv")))
+    assert [(r["job"], r["status"]) for r in table] == [("0_vae_digits", "diverged"),
+                                                         ("1_vae_digits", "diverged")]

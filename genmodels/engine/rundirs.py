@@ -215,6 +215,9 @@ class RunDirectory(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         release_directory_locks()
 
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        RunDirectory.started = RunDirectory.trained = False  # each job of a sweep anew
+
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         if job_return.status == JobStatus.FAILED:
             self.discard_if_unused()

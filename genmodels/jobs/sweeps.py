@@ -11,6 +11,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from genmodels.errors import GenmodelsError, TrainingDiverged
 from genmodels.files import write_text_atomically
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,35 @@ def record_failed_job(error: BaseException) -> None:
     summary.setdefault("overrides", list(hydra.overrides.task))
     summary["error"] = (str(error).strip().splitlines() or [type(error).__name__])[0]
     write_text_atomically(summary_file, json.dumps(summary, indent=2) + "\n")
+
+
+class SearchStopped(BaseException):
+    """A trial of a search was refused before its first training step (a missing dataset,
+    a bad config key or value): the search stops there, since its other trials would be
+    refused alike, instead of recording the same failure n_trials times. A BaseException,
+    so that Hydra's job runner and the sweeper, which catch Exception to record a failed
+    trial and go on, let it through to train.py, which prints its message."""
+
+    def __init__(self, message: str, job: str):
+        super().__init__(message, job)  # both, so that it crosses joblib's processes
+        self.message, self.job = message, job
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def search_stop(error: BaseException, trained: bool) -> SearchStopped | None:
+    """What stops a sweep after this job's failure, if anything: in a search, whose sweeper
+    draws its trials (Optuna; not Hydra's basic sweeper, whose jobs are each given on the
+    command line and all run), a refusal (GenmodelsError) before the job's first training
+    step. A diverged run is a result of its trial's values: the search goes on."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get()
+    if (not isinstance(error, GenmodelsError) or isinstance(error, TrainingDiverged) or trained
+            or str(hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper")):
+        return None
+    return SearchStopped(str(error), Path(hydra.runtime.output_dir).name)
 
 
 def metric_unit(metric: str, model: dict) -> str | None:
@@ -169,19 +199,50 @@ class SweepSummary(Callback):
     parameter, its status (ok, diverged, failed, with the reason of a failure) and its
     final validation/test metrics, each column in one unit (named in its header); with
     `optimized_metric` set, the best job is marked. If a job failed, the sweep then exits
-    with status 1 and a one-line message."""
+    with status 1 and a one-line message. A sweep that ends early (a search stopped by a
+    refused trial, an Optuna search without a completed trial, Ctrl-C), for which Hydra
+    skips on_multirun_end, gets its tables from `finish_unfinished_sweep` (train.py)."""
+
+    # The config of the multirun under way in this process, until its tables are written.
+    unfinished: DictConfig | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        SweepSummary.unfinished = config
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():  # e.g. a SLURM sweep whose jobs have not started
-            return
-        rows = collect_jobs(sweep_dir)
-        direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
-        write_tables(rows, sweep_dir, config.get("optimized_metric"),
-                     direction if isinstance(direction, str) else None)
-        log.info("Sweep summary (%d jobs): %s", len(rows), sweep_dir / "sweep_summary.md")
+        SweepSummary.unfinished = None
+        rows = summarize_sweep(config)
         failed = [row for row in rows if row["status"] == "failed"]
         if failed:
             first = failed[0]
             sys.exit(f"Error: {len(failed)} of {len(rows)} jobs failed ({first['job']}: "
-                     f"{first.get('error', '')}); see {sweep_dir / 'sweep_summary.md'}.")
+                     f"{first.get('error', '')}); see "
+                     f"{Path(config.hydra.sweep.dir) / 'sweep_summary.md'}.")
+
+
+def summarize_sweep(config: DictConfig, if_empty: bool = True) -> list[dict]:
+    """Write the sweep's tables (sweep_summary.csv and .md), also for a sweep without jobs
+    unless `if_empty` is false; return its rows."""
+    sweep_dir = Path(config.hydra.sweep.dir)
+    if not sweep_dir.is_dir():  # e.g. a SLURM sweep whose jobs have not started
+        return []
+    rows = collect_jobs(sweep_dir)
+    if not (rows or if_empty):
+        return rows
+    direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)
+    write_tables(rows, sweep_dir, config.get("optimized_metric"),
+                 direction if isinstance(direction, str) else None)
+    statuses = [row["status"] for row in rows]
+    counts = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+    log.info("Sweep summary (%d jobs%s): %s", len(rows), f": {counts}" if counts else "",
+             sweep_dir / "sweep_summary.md")
+    return rows
+
+
+def finish_unfinished_sweep() -> None:
+    """The tables of a multirun of this process that ended without Hydra's end-of-sweep
+    callbacks (the sweeper or a job raised): written all the same, from the jobs that
+    ran. Nothing for a sweep that ended normally or ran no job, or for a single run."""
+    config, SweepSummary.unfinished = SweepSummary.unfinished, None
+    if config is not None:
+        summarize_sweep(config, if_empty=False)
