@@ -1,6 +1,7 @@
 """Bad input gets one sentence naming the bad value, never a traceback (issue 10)."""
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from genmodels.data import IdxDataModule
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.train import train
 
-from .conftest import CONF, FAST
+from .conftest import CONF, FAST, run_main
 from .test_data import idx_bytes, write_idx
 
 TINY = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false"]
@@ -114,3 +115,64 @@ def test_a_missing_optimized_metric_lists_the_logged_ones_before_training(make_c
     cfg = make_config("model=ae", *TINY, "optimized_metric=test/loss", run_name="test_loss")
     with pytest.raises(GenmodelsError, match="test/ metrics need test=true"):
         train(cfg)
+
+
+def test_an_optimized_metric_measured_after_the_run_ends_is_refused_before_training(
+        tmp_path, capsys):
+    # `callbacks=quality optimized_metric=val/fd_classifier trainer.max_epochs=1`: the
+    # callback measures every 5 epochs. Refused on the first validation pass, in a single
+    # run and in each job of a sweep, instead of training and then finding no metric.
+    quality = ["callbacks=quality", "optimized_metric=val/fd_classifier",
+               "trainer.max_epochs=1", *TINY, "callbacks.image_grids=null"]
+    sentence = ("optimized_metric='val/fd_classifier' is logged by callbacks.sample_quality "
+                "every 5 epochs, first at epoch 5, but this run ends at epoch 1 "
+                "(trainer.max_epochs=1): set trainer.max_epochs=5 or more, or "
+                "callbacks.sample_quality.every_n_epochs=1.")
+    with pytest.raises(SystemExit) as refusal:
+        run_main(*quality, f"paths.root_dir={tmp_path}")
+    assert refusal.value.code == f"Error: {sentence}"
+    assert not (tmp_path / "logs" / "runs").exists() or not any(
+        (tmp_path / "logs" / "runs").iterdir())  # no step taken: no run directory left
+    sweep = tmp_path / "sweep"
+    with pytest.raises(SystemExit, match="^Error: 1 of 1 jobs failed"):
+        run_main("-m", *quality, f"hydra.sweep.dir={sweep}")
+    assert "Traceback" not in capsys.readouterr().err
+    summary = json.loads((sweep / "0_vae_digits" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == sentence
+    assert not list(sweep.glob("*/checkpoints/*.ckpt"))
+
+
+@pytest.mark.parametrize("every, validate, start, last, message", [
+    (2, 3, 0, 5, "every 2 epochs on the epochs it validates (trainer.check_val_every_n_epoch"
+                 "=3), first at epoch 6, but this run ends at epoch 5 (trainer.max_epochs=5):"
+                 " set trainer.max_epochs=6 or more, or callbacks.sample_quality.every_n_"
+                 "epochs=1."),
+    (5, 8, 0, 7, "first at epoch 40, but this run ends at epoch 7 (trainer.max_epochs=7): set"
+                 " trainer.max_epochs=40 or more, or trainer.check_val_every_n_epoch=1."),
+    (5, 8, 0, 3, "or callbacks.sample_quality.every_n_epochs=1 and trainer.check_val_every_n_"
+                 "epoch=1."),
+    (5, 1, 5, 9, "every 5 epochs, first at epoch 10, but this run trains epochs 6 to 9 (it "
+                 "resumes after epoch 5; trainer.max_epochs=9): set trainer.max_epochs=10 or "
+                 "more, or callbacks.sample_quality.every_n_epochs=1."),
+    (5, 1, 0, 5, None), (2, 3, 0, 6, None), (5, None, 0, 1, None), (5, 1, 0, -1, None),
+])
+def test_the_measured_epochs_of_a_sample_quality_metric_against_the_run(
+        every, validate, start, last, message):
+    from types import SimpleNamespace
+
+    from genmodels.callbacks import SampleQuality
+    from genmodels.callbacks.optimized_metric import OptimizedMetricCheck
+
+    trainer = SimpleNamespace(callback_metrics={"val/loss": 1.0}, current_epoch=start,
+                              callbacks=[SampleQuality(every_n_epochs=every)],
+                              check_val_every_n_epoch=validate, max_epochs=last)
+    check = OptimizedMetricCheck("val/precision", test=False)
+    check.on_sanity_check_end(trainer, None)  # not the model's: the callback's
+    if message is None:
+        check.on_train_start(trainer, None)
+        return
+    with pytest.raises(GenmodelsError) as refusal:
+        check.on_train_start(trainer, None)
+    assert str(refusal.value).startswith("optimized_metric='val/precision' is logged by "
+                                         "callbacks.sample_quality every ")
+    assert str(refusal.value).endswith(message)
