@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from genmodels.config import check_overrides_compose, task_function
 from genmodels.engine.rundirs import (
     RunDirectory,
+    StoppedBySignal,
     release_directory_locks,
     stop_on_sigterm,
     with_run_choices,
@@ -22,6 +23,7 @@ from genmodels.engine.rundirs import (
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.sweeps import (
     SearchStopped,
+    SweepSummary,
     finish_unfinished_sweep,
     record_failed_job,
     search_stop,
@@ -33,8 +35,6 @@ def main(cfg: DictConfig) -> float | None:
     # Imported here, so that `--help` answers without loading PyTorch.
     from genmodels.jobs.train import optimized_value
 
-    if HydraConfig.get().mode == RunMode.RUN:
-        stop_on_sigterm()  # a start stopped by SIGTERM is cleaned up as a refused one
     try:
         # The job: `genmodels.jobs.train.train` unless an experiment names another `task`.
         metrics = task_function(cfg.get("task", "genmodels.jobs.train.train"))(cfg)
@@ -66,8 +66,15 @@ def run() -> None:
         check_overrides_compose(str(Path(__file__).parent / "conf"), "config", sys.argv[1:])
     except GenmodelsError as error:
         sys.exit(f"Error: {error}")
+    stop_on_sigterm()  # outside Lightning's fit: a start is cleaned up, a sweep's tables written
     try:
         main()
+    except StoppedBySignal:
+        RunDirectory.discard_if_unused()  # this start's run directory, if it never trained
+        sys.exit("Error: Stopped by SIGTERM" + (
+            "; the sweep's tables list the jobs that ran." if SweepSummary.unfinished
+            else "; the run's checkpoints are kept." if RunDirectory.trained
+            else " before the first training step: nothing of this start is kept."))
     except SearchStopped as stop:
         logging.getLogger(__name__).info(
             "Search stopped at %s, refused before training: a problem with the data or "

@@ -198,10 +198,12 @@ def test_a_run_directory_with_another_runs_records_and_no_checkpoint_is_not_rewr
 SIGTERM_AT_START = """
 import os, runpy, signal, sys
 import genmodels.jobs.train as job
-checked = job.check_run_options
-def check_then_get_sigterm(cfg):  # SIGTERM while the run starts (the datamodule loads...)
+checked, starts = job.check_run_options, []
+def check_then_get_sigterm(cfg):  # SIGTERM while a run starts (the datamodule loads...)
     checked(cfg)
-    os.kill(os.getpid(), signal.SIGTERM)
+    starts.append(cfg)
+    if len(starts) == int(os.environ["SIGTERM_AT_START"]):
+        os.kill(os.getpid(), signal.SIGTERM)
 job.check_run_options = check_then_get_sigterm
 sys.argv = [os.path.abspath("train.py"), *sys.argv[1:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -212,11 +214,25 @@ def test_sigterm_during_start_up_leaves_no_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     done = subprocess.run([sys.executable, "-c", SIGTERM_AT_START, "model=ae", *FAST,
                            f"hydra.run.dir={run_dir}"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=os.environ | {"SIGTERM_AT_START": "1"})
     assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
     assert done.stderr.strip().endswith("Error: Stopped by SIGTERM before the first training "
                                         "step: nothing of this start is kept.")
     assert "Traceback" not in done.stderr and not run_dir.exists()
+
+
+def test_a_sweep_stopped_by_sigterm_writes_its_tables(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "-c", SIGTERM_AT_START, "-m", "model=ae", *TINY,
+                           "trainer.max_epochs=1", "seed=1,2,3", f"hydra.sweep.dir={sweep}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=os.environ | {"SIGTERM_AT_START": "2"})  # as job 1 starts
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.strip().endswith("Error: Stopped by SIGTERM; the sweep's tables list "
+                                        "the jobs that ran.")
+    table = (sweep / "sweep_summary.csv").read_text().splitlines()
+    assert len(table) == 2 and table[1].startswith("0_ae_digits,ok,"), table  # job 0 ran
+    assert not (sweep / "2_ae_digits").exists()  # job 2 never started
 
 
 def test_a_read_only_working_directory_is_one_sentence(tmp_path, monkeypatch, capsys):

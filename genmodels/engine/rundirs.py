@@ -131,19 +131,24 @@ def refuse(error: GenmodelsError):
 
 
 
+class StoppedBySignal(BaseException):
+    """SIGTERM outside Lightning's fit. Not an Exception: neither a job's error handling
+    nor Hydra's takes it for one failed job of a sweep that then goes on; train.py's
+    run() cleans up and says so."""
+
+
 def stop_on_sigterm() -> None:
     """Until Lightning's fit takes SIGTERM over (it then stops at the end of a step and
-    saves interrupted.ckpt), SIGTERM raises a GenmodelsError, so that a start stopped by
-    it is cleaned up as a refused one (discard_if_unused) instead of dying half-made."""
+    saves interrupted.ckpt), SIGTERM raises StoppedBySignal, so that a start stopped by it
+    is cleaned up as a refused one (discard_if_unused), and a sweep writes its tables,
+    instead of dying half-made."""
     def handler(signum, frame):
-        if signal.getsignal(signal.SIGTERM) is not handler:
-            return  # Lightning's own handler runs, and calls the ones before it: its turn
-        if RunDirectory.trained:
-            raise GenmodelsError("Stopped by SIGTERM after training; its checkpoints are kept.")
-        raise GenmodelsError("Stopped by SIGTERM before the first training step: nothing of "
-                             "this start is kept.")
+        if signal.getsignal(signal.SIGTERM) is handler:
+            raise StoppedBySignal()
+        # else Lightning's own handler is running, and calls the ones before it: its turn
 
     signal.signal(signal.SIGTERM, handler)
+
 
 class RunDirectory(Callback):
     """Hydra callback: a new run (or a sweep) claims its directory exclusively before Hydra
