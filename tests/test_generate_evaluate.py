@@ -595,3 +595,29 @@ def test_command_lines_run_and_report_errors_without_traceback(vae_run, tmp_path
     result = run("evaluate.py", f"run={tmp_path / 'nothing'}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "Error: No checkpoint at" in result.stderr
+
+
+def test_a_gan_walks_between_seeds_through_its_ema_generator(gan_runs, tmp_path):
+    run = gan_runs["ema"]
+    model = load_model(run)
+    _, npz = generate(tool_config("generate", f"run={run}", "task=interpolate",
+                                  "seeds=[1,2]", "steps=5", "method=slerp",
+                                  f"out={tmp_path / 'walk'}"))
+    images = torch.from_numpy(np.load(npz)["images"])
+    ends = torch.stack([torch.randn(100, generator=torch.Generator().manual_seed(s))
+                        for s in (1, 2)])
+    # From G_ema(z_1) to G_ema(z_2), along the great circle between the two draws
+    expected = to_uint8(model, model.generator_ema.eval()(latent.slerp(
+        ends[0], ends[1], torch.linspace(0, 1, 5))))
+    assert torch.equal(images, expected)
+    assert not torch.equal(images[0], images[-1])
+    # Without seeds it walks between seeds 0, 1, ..., 2 * rows - 1 (it has no encoder)
+    _, npz = generate(tool_config("generate", f"run={run}", "task=interpolate", "rows=2",
+                                  "steps=3", f"out={tmp_path / 'default'}"))
+    assert np.load(npz)["seeds"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(GenmodelsError, match="Interpolating between images needs an encoder, "
+                                             "which GAN lacks: walk between prior draws"):
+        generate(tool_config("generate", f"run={run}", "task=interpolate", "indices=[0,1]"))
+    with pytest.raises(GenmodelsError, match="This GAN is conditional"):
+        generate(tool_config("generate", f"run={gan_runs['cgan']}", "task=interpolate",
+                             f"out={tmp_path / 'cgan'}"))

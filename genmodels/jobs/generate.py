@@ -6,7 +6,8 @@ Each task takes the model and the config and returns (images, extra arrays, grid
   (StyleGAN);
 - `reconstruct`: given image files, or the first `num` images of a dataset split, above
   their reconstructions (models with `reconstruct`);
-- the latent-space tools of `genmodels.latent`, for models with `encode`/`decode`:
+- the latent-space tools of `genmodels.latent`, for models with `encode`/`decode` (a
+  GAN's `decode` is its generator, so it walks between prior draws):
   `interpolate` (pairs of images or of prior draws), `manifold` (2-d latent spaces),
   `semantic` (a smooth grid between random codings) and `arithmetic` (images shifted
   along an attribute vector of the run's dataset).
@@ -68,9 +69,16 @@ def reconstruct_task(model, cfg: DictConfig):
 
 def interpolate_task(model, cfg: DictConfig):
     """One row of `steps` images per pair: of prior draws from `seeds`, of image files, or
-    of the split's images at `indices` (by default its first 2 * rows)."""
-    if cfg.seeds is not None:
-        seeds = [int(seed) for seed in even_list(cfg.seeds, "seeds")]
+    of the split's images at `indices` (by default its first 2 * rows; a model without an
+    encoder, a GAN, walks between the draws of seeds 0 to 2 * rows - 1)."""
+    can_encode = callable(getattr(model, "encode", None))
+    if cfg.seeds is None and not can_encode and (cfg.images or cfg.indices is not None):
+        raise GenmodelsError(f"Interpolating between images needs an encoder, which "
+                             f"{type(model).__name__} lacks: walk between prior draws "
+                             "instead, e.g. seeds=[1,2,3,4].")
+    if cfg.seeds is not None or not can_encode:
+        seeds = ([int(seed) for seed in even_list(cfg.seeds, "seeds")]
+                 if cfg.seeds is not None else list(range(2 * cfg.rows)))
         dim = latent.latent_dim(model)
         ends = [torch.randn(dim, generator=torch.Generator().manual_seed(s)) for s in seeds]
         rows = [latent.interpolate_codings(model, ends[i], ends[i + 1], cfg.steps, cfg.method)
@@ -150,7 +158,7 @@ TASKS = {"samples": samples_task, "reconstruct": reconstruct_task,
          "interpolate": interpolate_task, "manifold": manifold_task,
          "semantic": semantic_task, "arithmetic": arithmetic_task}
 # The methods a task needs besides `sample`; task=manifold also needs a 2-d latent space.
-TASK_NEEDS = {"reconstruct": ("reconstruct",), "interpolate": ("encode", "decode"),
+TASK_NEEDS = {"reconstruct": ("reconstruct",), "interpolate": ("decode",),
               "manifold": ("decode",), "semantic": ("decode",),
               "arithmetic": ("encode", "decode")}
 
@@ -171,8 +179,8 @@ def check_task(model, task: str) -> None:
     why = (f"a 2-d latent space; this model's has {latent.latent_dim(model)} dimensions"
            if task == "manifold" and all(callable(getattr(model, m, None)) for m in
                                          TASK_NEEDS[task])
-           else f"a model with {needs} (an autoencoder or VAE), which {type(model).__name__} "
-           "lacks")
+           else f"a model with {needs} (an autoencoder or VAE; a GAN has decode()), which "
+           f"{type(model).__name__} lacks")
     raise GenmodelsError(f"task={task} needs {why}; valid tasks for this model: "
                          f"{tasks_for(model)}.")
 

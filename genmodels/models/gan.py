@@ -294,6 +294,20 @@ class GAN(GenerativeModel):
         return self.generate(n, network, generator, labels, truncation)[0]
 
     @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """G's images for given latents z (n, latent_dim), from the EMA copy of G when
+        there is one (as `sample`): what the latent-space tools walk (interpolation between
+        seeds, semantic grids). Noise the network draws itself (StyleGAN's) is the same at
+        every call, so that a walk changes with z alone."""
+        if self.num_classes is not None:
+            raise GenmodelsError("This GAN is conditional: its latent walks need a class "
+                                 "for every image, which the latent tools do not give yet; "
+                                 "use task=samples with labels=[...].")
+        network = self.ema_generator() if self.generator_ema is not None else self.generator
+        with global_rng_seeded_from(torch.Generator().manual_seed(0), self.device):
+            return network(z.to(self.device))
+
+    @torch.no_grad()
     def update_generator_ema(self):
         """ema <- decay * ema + (1 - decay) * G, for G's weights; buffers are copied (the
         ProGAN stage, StyleGAN's average w). Batch-norm statistics are buffers too, but the
