@@ -1,6 +1,7 @@
 """Options that crashed, hung, segfaulted or were silently taken (issue 26): each now stops
 with one sentence naming the bad value, before anything runs."""
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -193,7 +194,16 @@ def test_resuming_a_finished_run_says_how_to_extend_it(tmp_path):
     train(compose_config(["model=ae", *TINY, "trainer.max_epochs=1"], run_dir))
     summary = (run_dir / "summary.json").read_bytes()
     with pytest.raises(GenmodelsError, match=r"has trained 1 epochs and trainer.max_epochs=1: "
-                                             r"nothing is left to train. .* "
-                                             r"trainer.max_epochs=11"):
+                                             r"nothing is left to train. Continue for more "
+                                             rf"epochs, e.g. resume={run_dir} extra_epochs=10 "
+                                             r"\(or trainer.max_epochs=11\)"):
         train(compose_config([f"resume={run_dir}"], run_dir))
     assert (run_dir / "summary.json").read_bytes() == summary
+    # extra_epochs: one more epoch than the checkpoint's, whatever max_epochs was
+    train(compose_config([f"resume={run_dir}", "extra_epochs=1"], run_dir))
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 2
+    with pytest.raises(GenmodelsError, match="extra_epochs=2 counts from a checkpoint's epochs: "
+                                             "use it with resume=<run dir>"):
+        train(compose_config(["model=ae", *TINY, "extra_epochs=2"], tmp_path / "new"))
+    with pytest.raises(GenmodelsError, match="extra_epochs must be"):
+        train(compose_config([f"resume={run_dir}", "extra_epochs=0"], run_dir))

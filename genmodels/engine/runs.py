@@ -242,11 +242,12 @@ def keep_csv_history(loggers) -> None:
 
 
 def check_checkpoint(path: str | Path, model: torch.nn.Module, fused_batches: int = 1,
-                     max_epochs: int | None = None) -> None:
+                     max_epochs: int | None = None, extra_epochs: int | None = None) -> int | None:
     """Stop before training if a checkpoint to continue from is unreadable, was written
     for another architecture, switches speed.fused_batches between 1 and more, or has
     already trained `max_epochs` epochs (Lightning would only test again); the file itself
-    is left as it is."""
+    is left as it is. Returns the max_epochs to train to: `max_epochs`, or with
+    `extra_epochs` that many beyond the checkpoint's."""
     path = Path(path)
     if not path.is_file():
         raise GenmodelsError(f"ckpt_path={str(path)!r} is not a file.")
@@ -269,11 +270,13 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, fused_batches: in
         )
     done = (((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress")
             or {}).get("current", {}).get("processed")
+    if extra_epochs is not None:
+        max_epochs = (done or 0) + extra_epochs
     if max_epochs not in (None, -1) and done is not None and done >= max_epochs:
         raise GenmodelsError(
             f"Checkpoint {path} has trained {done} epochs and trainer.max_epochs={max_epochs}: "
-            f"nothing is left to train. Continue with a larger trainer.max_epochs, e.g. "
-            f"resume={run_directory(path)} trainer.max_epochs={done + 10}.")
+            f"nothing is left to train. Continue for more epochs, e.g. "
+            f"resume={run_directory(path)} extra_epochs=10 (or trainer.max_epochs={done + 10}).")
     # Lightning keeps the step count of automatic and of manual optimization (fused
     # batches) apart: switching would restart trainer.global_step at 0.
     saved = ((checkpoint.get("genmodels_config") or {}).get("speed") or {}).get("fused_batches", 1)
@@ -282,3 +285,4 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, fused_batches: in
         raise GenmodelsError(
             f"Checkpoint {path} was trained with speed.fused_batches={saved}, and Lightning "
             f"counts the steps of fused and unfused training apart: continue it with {keep}.")
+    return max_epochs

@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
@@ -23,6 +24,7 @@ from genmodels.config import (
     check_learning_rates,
     check_override_types,
     check_run_options,
+    check_whole_number,
 )
 from genmodels.engine import essential_callbacks
 from genmodels.engine.checkpoint_io import SafeCheckpointIO
@@ -109,6 +111,23 @@ def check_fresh_output_dir(cfg: DictConfig, output_dir: Path) -> None:
             "directory (leave hydra.run.dir unset, or give a new one).")
 
 
+def check_extra_epochs(cfg: DictConfig) -> None:
+    """extra_epochs=N continues a checkpoint for N more epochs: it needs one, and says
+    what trainer.max_epochs would say absolutely."""
+    extra = cfg.get("extra_epochs")
+    if extra is None:
+        return
+    check_whole_number("extra_epochs", extra, 1)
+    if cfg.get("ckpt_path") is None:
+        raise GenmodelsError(f"extra_epochs={extra} counts from a checkpoint's epochs: use it "
+                             "with resume=<run dir> (or ckpt_path=); a new run takes "
+                             "trainer.max_epochs.")
+    if HydraConfig.initialized() and any(o.split("=")[0].lstrip("+~") == "trainer.max_epochs"
+                                         for o in HydraConfig.get().overrides.task):
+        raise GenmodelsError("Give trainer.max_epochs (epochs in all) or extra_epochs "
+                             "(epochs beyond the checkpoint's), not both.")
+
+
 def requeued_on_slurm(output_dir: Path) -> bool:
     """A SLURM job requeued after pre-emption or a time limit runs again in its own
     directory: it then continues from that run's newest checkpoint."""
@@ -140,9 +159,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = build(cfg.dataset)
     model = build(cfg.model)
+    check_extra_epochs(cfg)
     if cfg.get("ckpt_path") is not None:
         # Before Lightning touches anything.
-        check_checkpoint(cfg.ckpt_path, model, fused, cfg.trainer.get("max_epochs"))
+        cfg.trainer.max_epochs = check_checkpoint(cfg.ckpt_path, model, fused,
+                                                  cfg.trainer.get("max_epochs"),
+                                                  cfg.get("extra_epochs"))
     model = optimize_model(model, cfg.get("speed"))
     config = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [build(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
