@@ -239,6 +239,11 @@ def test_missing_dataset_says_where_and_what(tmp_path, no_network, module, expec
     assert f"The {module.name} dataset is not in {tmp_path / 'nowhere'}" in message
     assert expected in message and "dataset.data_dir" in message
     assert "\n" not in message
+    # The reason, not only torchvision's "Error downloading <file>:" (CelebA's Google
+    # Drive download needs gdown first)
+    assert "no network in this test" in message or "'gdown' is required" in message
+    # Where the files of an IDX dataset may be kept under other names
+    assert ("load with dataset=idx" in message) == (module.name in ("mnist", "fashion"))
 
 
 def test_missing_dataset_with_download_off(tmp_path):

@@ -109,12 +109,19 @@ class TorchvisionDataModule(InMemoryImageDataModule):
         except (RuntimeError, OSError) as error:
             raise GenmodelsError(self.missing_message(error, download)) from None
 
+    # For the IDX datasets: other files of the same format can be read by dataset=idx.
+    idx_hint = ""
+
     def missing_message(self, error: Exception, download: bool) -> str:
-        reason = str(error).strip().splitlines()[0] if download else "dataset.download=false"
+        # torchvision's message is "Error downloading <file>:", then each mirror tried
+        # and its error: the first line and the last error say what happened.
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        reason = " ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else repr(error)
+        reason = reason if download else "dataset.download=false"
         return (
             f"The {self.name} dataset is not in {Path(self.data_dir).resolve()} and could not "
             f"be downloaded ({reason}). Put {self.expected_files} there, or point "
-            f"dataset.data_dir to the folder that holds them."
+            f"dataset.data_dir to the folder that holds them{self.idx_hint}."
         )
 
     def load(self):
@@ -135,6 +142,9 @@ class MNISTDataModule(TorchvisionDataModule):
     dataset_class = torchvision.datasets.MNIST
     expected_files = ("MNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte, "
                       "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (unpacked)")
+    idx_hint = ("; IDX files kept under other names load with dataset=idx "
+                "dataset.images=<...-images-idx3-ubyte[.gz]> "
+                "dataset.labels=<...-labels-idx1-ubyte[.gz]>")
 
 
 class FashionMNISTDataModule(TorchvisionDataModule):
@@ -144,6 +154,7 @@ class FashionMNISTDataModule(TorchvisionDataModule):
     expected_files = ("FashionMNIST/raw/ with train-images-idx3-ubyte, "
                       "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
                       "t10k-labels-idx1-ubyte (unpacked)")
+    idx_hint = MNISTDataModule.idx_hint
 
 
 class CIFAR10DataModule(TorchvisionDataModule):
