@@ -31,6 +31,11 @@ from .test_generate_evaluate import tool_config
     ("speed.cpu_threads=100000", "speed.cpu_threads must be a whole number from 1 to"),
     ("model.latent_dim=0", "model.latent_dim must be a whole number of at least 1, got 0"),
     ("resume=", "resume= is empty: give the run directory"),
+    # Lightning's own checks of the trainer's settings, as one sentence of ours
+    ("trainer.strategy=bogus", "Lightning's Trainer refused the trainer settings: You selected "
+                               "an invalid strategy name: `strategy='bogus'`"),
+    ("trainer.limit_train_batches=-1", "Lightning's Trainer refused the trainer settings: You "
+                                       "have passed invalid value -1 for limit_train_batches"),
 ])
 def test_train_options_are_refused_in_one_sentence(override, message, tmp_path):
     with pytest.raises(GenmodelsError, match=message.replace("(", r"\(").replace(")", r"\)")):

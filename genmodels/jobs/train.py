@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
@@ -181,9 +182,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # Checkpoints are written all or nothing and checked before loading (any other
     # plugins the trainer config names are kept).
     plugins = [SafeCheckpointIO(), *(build(p) for p in cfg.trainer.get("plugins") or [])]
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins,
-                    strategy=choose_strategy(cfg.trainer.get("strategy", "auto"), model),
-                    enable_model_summary=False)
+    try:
+        trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                        plugins=plugins, enable_model_summary=False,
+                        strategy=choose_strategy(cfg.trainer.get("strategy", "auto"), model))
+    except InstantiationException as error:  # Lightning's checks of the trainer's settings
+        raise GenmodelsError(f"Lightning's Trainer refused the trainer settings: "
+                             f"{error.__cause__ or error}") from None
     # After choose_strategy, which gives manually optimized models DDP's search for unused
     # parameters: every backward pass of a fused model reaches all of them.
     fuse_batches(fused, trainer, model, datamodule)
