@@ -75,22 +75,35 @@ def model_from_checkpoint(checkpoint: dict) -> GenerativeModel:
 
 
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
-    """A run's checkpoints: `checkpoints/*.ckpt` (last, periodic, interrupted) and
+    """A run's checkpoints: `checkpoints/*.ckpt` (last, periodic, interrupted, best) and
     Lightning's SLURM `hpc_ckpt_N.ckpt`."""
     run_dir = Path(run_dir)
     return [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+
+
+def is_best_checkpoint(path: Path) -> bool:
+    """Whether a checkpoint is the best one by a validation metric (callbacks=best writes
+    checkpoints/best.ckpt), not the run's newest state."""
+    return path.name.startswith(BEST_CHECKPOINT_PREFIX)
+
+
+# The file name start of the best checkpoint (conf/callbacks/best.yaml).
+BEST_CHECKPOINT_PREFIX = "best"
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The newest intact checkpoint of a run: `last.ckpt`, `interrupted.ckpt` when a signal
     or an error stopped the run after its last epoch, or Lightning's SLURM
     `hpc_ckpt_N.ckpt`. A damaged one (empty, cut short, or not matching its recorded
-    checksum) is passed over with a warning."""
+    checksum) is passed over with a warning. The best checkpoint (`best*.ckpt`, of an
+    earlier epoch, or of a validation within an epoch) comes after all others, whatever
+    its time: a resume never goes back to it while the run has another."""
     checkpoints = run_checkpoints(run_dir)
     if not checkpoints:
         raise GenmodelsError(f"resume={str(run_dir)!r} has no checkpoints/*.ckpt to continue from.")
     damaged = []
-    for path in sorted(checkpoints, key=lambda path: path.stat().st_mtime, reverse=True):
+    for path in sorted(checkpoints, key=lambda path: (not is_best_checkpoint(path),
+                                                      path.stat().st_mtime), reverse=True):
         try:
             check_intact(path)
         except GenmodelsError as error:

@@ -71,6 +71,9 @@ class GenerativeModel(WatchedForDivergence):
 
     # The training logs shown in the progress bar.
     progress_bar_metrics = ("loss",)
+    # The validation metric and direction (min or max) that judge the model when the
+    # best checkpoint or early stopping leaves `monitor` null (callbacks=early_stopping).
+    monitored_metric = ("val/loss", "min")
     # Whether a training step computes the figures that are only watched, not trained on
     # (a GAN's gradient norms and D's accuracies). The engine sets it for each step:
     # on Lightning's logging steps only, since each figure costs device work every step.

@@ -72,6 +72,12 @@ class GAN(GenerativeModel):
     """
 
     progress_bar_metrics = ("d_loss", "g_loss")
+    # GAN losses do not fall as samples improve: the best checkpoint and early stopping
+    # follow D's validation loss upwards, how badly a held-out check tells real images
+    # from fresh fakes (as hparams_search=dcgan_optuna does). Sample quality itself:
+    # callbacks=[quality,early_stopping] callbacks.best_checkpoint.monitor=val/fd_classifier
+    # callbacks.best_checkpoint.mode=min (docs/usage.md).
+    monitored_metric = ("val/d_loss", "max")
     watched_for_divergence = {"d_loss": "discriminator loss or gradient",
                               "d_grad_norm": "discriminator loss or gradient",
                               "g_loss": "generator loss or gradient",
