@@ -1,20 +1,20 @@
 """genmodels against the seed text's own Keras code (Geron, ch. 17): sample quality of the
 DCGAN and the dense VAE at equal epochs, on the same data, several seeds a side.
 
-Data: the first 8,000 images of the MNIST test set (`--images`/`--labels`, IDX files)
-train both sides; the last 2,000 are the held-out reference. Samples (2,000 per run, as
-uint8 .npz) are scored with evaluate.py's classifier features (`fd_classifier`,
-precision/recall, modes, KL to the real classes), the classifier trained on the 8,000
-training images; the VAE also reports its -ELBO on the held-out images.
+Data: the first 8,000 images of the MNIST test set (IDX files, in `--mnist-dir` or given
+as `--images`/`--labels`) train both sides; the last 2,000 are the held-out reference.
+Samples (2,000 per run, as uint8 .npz) are scored with evaluate.py's classifier features
+(`fd_classifier`, precision/recall, modes, KL to the real classes), the classifier trained
+on the 8,000 training images; the VAE also reports its -ELBO on the held-out images.
 
     # our side (the framework's train(), with its checkpoints after epochs 10 and 20):
-    python benchmarks/compare_keras.py ours --recipe dcgan --seeds 0 1 2 --out cmp
-    python benchmarks/compare_keras.py ours --recipe vae --seeds 0 1 2 --out cmp
+    python benchmarks/compare_keras.py ours --mnist-dir data/MNIST/raw --recipe dcgan --out cmp
+    python benchmarks/compare_keras.py ours --mnist-dir data/MNIST/raw --recipe vae --out cmp
     # Keras (TensorFlow in its own virtualenv; genmodels does not depend on it):
-    python benchmarks/compare_keras.py keras --python /tmp/tfenv/bin/python --recipe dcgan \\
-        --seeds 0 1 2 --out cmp
+    python benchmarks/compare_keras.py keras --mnist-dir data/MNIST/raw \\
+        --python /tmp/tfenv/bin/python --recipe dcgan --seeds 0 1 2 --out cmp
     # scores and the table (means and sample standard deviations over seeds), as JSON too:
-    python benchmarks/compare_keras.py score --out cmp
+    python benchmarks/compare_keras.py score --mnist-dir data/MNIST/raw --out cmp
 
 `ours` takes `--accelerator cpu|gpu` and extra config overrides (`--override k=v ...`);
 each run's samples go to `<out>/<side>/<recipe>_seed<S>_epoch<E>.npz`, so runs made on
@@ -36,12 +36,37 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DATA = ROOT.parent / "shared" / "data" / "mnist-t10k"
 # Our side of each recipe. "dcgan-default" is `model=dcgan` as it ships (the book's layers
 # and hyperparameters in PyTorch's terms, plus label smoothing) at the book's batch size.
 RECIPES = {"dcgan": ["experiment=dcgan_fashion"], "vae": ["experiment=vae_fashion"],
            "dcgan-default": ["model=dcgan", "dataset.batch_size=32"]}
 TRAIN, HELD_OUT, SAMPLES = 8000, 2000, 2000
+
+# The official MNIST test set (10,000 images), as torchvision's MNIST downloads it into
+# <data_dir>/MNIST/raw/ (`python train.py dataset=mnist`).
+MNIST_FILES = {"images": "t10k-images-idx3-ubyte", "labels": "t10k-labels-idx1-ubyte"}
+SHARED = ROOT.parent / "shared" / "data" / "mnist-t10k"  # the default, where it exists
+
+
+def mnist_files(folder: Path | None, given: dict[str, Path | None]) -> dict[str, Path]:
+    """The IDX files: each as given (--images, --labels), else found, gzipped or not, in
+    --mnist-dir or its MNIST/raw/. Missing: exits with one sentence saying where they
+    come from."""
+    folder = folder if folder is not None else SHARED if SHARED.is_dir() else None
+    where = [folder, folder / "MNIST" / "raw"] if folder is not None else []
+    files = {kind: Path(path).expanduser() if path else next(
+        (d / (MNIST_FILES[kind] + gz) for d in where for gz in (".gz", "")
+         if (d / (MNIST_FILES[kind] + gz)).is_file()), None) for kind, path in given.items()}
+    missing = [str(files[k]) for k in files if files[k] is not None and not files[k].is_file()]
+    if missing or None in files.values():
+        said = (f"{', '.join(missing)} does not exist" if missing
+                else f"{folder} holds no MNIST test files" if folder is not None
+                else "No MNIST folder given (--mnist-dir)")
+        names = " and ".join(f"{MNIST_FILES[kind]}.gz" for kind in given)
+        sys.exit(f"Error: {said}: give --mnist-dir <folder> with the official MNIST test set "
+                 f"file{'s' * (len(given) > 1)} {names} (gzipped or not), e.g. data/MNIST/raw, "
+                 "where torchvision's MNIST downloads them (python train.py dataset=mnist).")
+    return files
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -164,7 +189,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"| {recipe} | {epoch} | {side} | {len(group)} | " + " | ".join(cells) + " |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["ours", "keras", "score"])
@@ -172,13 +197,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--out", default="keras_comparison")
-    parser.add_argument("--images", default=str(DATA / "t10k-images-idx3-ubyte.gz"))
-    parser.add_argument("--labels", default=str(DATA / "t10k-labels-idx1-ubyte.gz"))
+    parser.add_argument("--mnist-dir", type=Path, default=None,
+                        help="folder of t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
+                             "(or its MNIST/raw/); default ../shared/data/mnist-t10k if present")
+    parser.add_argument("--images", default=None, help="IDX images file (else in --mnist-dir)")
+    parser.add_argument("--labels", default=None, help="IDX labels file (else in --mnist-dir)")
     parser.add_argument("--accelerator", default="cpu", help="ours: cpu, gpu or auto")
     parser.add_argument("--override", nargs="*", default=[], help="ours: config overrides")
     parser.add_argument("--python", default="python", help="keras: TensorFlow's interpreter")
     parser.add_argument("--threads", type=int, default=0, help="keras: 0 = TF's default")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    files = mnist_files(args.mnist_dir, {"images": args.images, "labels": args.labels})
+    args.images, args.labels = str(files["images"]), str(files["labels"])
     {"ours": ours, "keras": keras, "score": score}[args.command](args)
 
 

@@ -8,10 +8,11 @@ MNIST with the framework's own models and training:
   about half the parameters;
 - the linear autoencoder's reconstruction error equals PCA's with the same dimension.
 
-Data: IDX files (the MNIST test set by default, from ../shared beside the repository);
-the first 80% train, the last 20% are the held-out images every number is measured on.
+Data: an IDX images file, the MNIST test set's t10k-images-idx3-ubyte.gz in `--mnist-dir`
+(torchvision's MNIST downloads it into <data_dir>/MNIST/raw/) or any `--images`; the
+first 80% train, the last 20% are the held-out images every number is measured on.
 
-    python benchmarks/seed_claims.py --epochs 10
+    python benchmarks/seed_claims.py --mnist-dir data/MNIST/raw --epochs 10
     python benchmarks/seed_claims.py --images t10k-images-idx3-ubyte.gz --epochs 20 \
         --out claims.json
 """
@@ -19,6 +20,7 @@ the first 80% train, the last 20% are the held-out images every number is measur
 import argparse
 import json
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -35,7 +37,32 @@ from genmodels.engine.runs import load_model
 from genmodels.jobs.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "mnist-t10k" / "t10k-images-idx3-ubyte.gz"
+# The official MNIST test set (10,000 images), as torchvision's MNIST downloads it into
+# <data_dir>/MNIST/raw/ (`python train.py dataset=mnist`).
+MNIST_FILES = {"images": "t10k-images-idx3-ubyte", "labels": "t10k-labels-idx1-ubyte"}
+SHARED = ROOT.parent / "shared" / "data" / "mnist-t10k"  # the default, where it exists
+
+
+def mnist_files(folder: Path | None, given: dict[str, Path | None]) -> dict[str, Path]:
+    """The IDX files: each as given (--images, --labels), else found, gzipped or not, in
+    --mnist-dir or its MNIST/raw/. Missing: exits with one sentence saying where they
+    come from."""
+    folder = folder if folder is not None else SHARED if SHARED.is_dir() else None
+    where = [folder, folder / "MNIST" / "raw"] if folder is not None else []
+    files = {kind: Path(path).expanduser() if path else next(
+        (d / (MNIST_FILES[kind] + gz) for d in where for gz in (".gz", "")
+         if (d / (MNIST_FILES[kind] + gz)).is_file()), None) for kind, path in given.items()}
+    missing = [str(files[k]) for k in files if files[k] is not None and not files[k].is_file()]
+    if missing or None in files.values():
+        said = (f"{', '.join(missing)} does not exist" if missing
+                else f"{folder} holds no MNIST test files" if folder is not None
+                else "No MNIST folder given (--mnist-dir)")
+        names = " and ".join(f"{MNIST_FILES[kind]}.gz" for kind in given)
+        sys.exit(f"Error: {said}: give --mnist-dir <folder> with the official MNIST test set "
+                 f"file{'s' * (len(given) > 1)} {names} (gzipped or not), e.g. data/MNIST/raw, "
+                 "where torchvision's MNIST downloads them (python train.py dataset=mnist).")
+    return files
+
 
 MODELS = {  # name: overrides
     "sparse_ae (KL, target 0.1)": ["model=sparse_ae"],
@@ -100,9 +127,13 @@ def measure(name: str, model, train_images, held_out) -> dict:
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=Path, default=DATA, help="IDX images file")
+    parser.add_argument("--mnist-dir", type=Path, default=None,
+                        help="folder of t10k-images-idx3-ubyte.gz (or its MNIST/raw/); "
+                             "default ../shared/data/mnist-t10k if present")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="IDX images file (else in --mnist-dir)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
@@ -110,7 +141,8 @@ def main() -> None:
                         help="measure only these models")
     parser.add_argument("--override", nargs="*", default=[],
                         help="extra config overrides for every model, e.g. model.optimizer.lr=3e-3")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.images = mnist_files(args.mnist_dir, {"images": args.images})["images"]
     logging.getLogger("genmodels").setLevel(logging.WARNING)
     results = {}
     with tempfile.TemporaryDirectory() as runs:

@@ -131,3 +131,31 @@ def test_gpu_check_runs_its_cells_on_the_cpu_and_writes_json_and_markdown(tmp_pa
     assert [row["finite"] for row in result["gans"]] == [True]
     assert json.loads((tmp_path / "gpu_check.json").read_text())["device"] == "cpu"
     assert "| dcgan | 8 | 16-mixed |" in (tmp_path / "gpu_check.md").read_text()
+
+
+@pytest.mark.parametrize("script, args", [("seed_claims", []), ("compare_keras", ["score"])])
+def test_benchmarks_without_the_mnist_files_say_where_they_come_from(script, args, tmp_path,
+                                                                    monkeypatch):
+    module = import_benchmark(script)
+    names = ("t10k-images-idx3-ubyte.gz" if script == "seed_claims" else
+             "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
+    where = (f"give --mnist-dir <folder> with the official MNIST test set "
+             f"file{'s' * (script != 'seed_claims')} {names} (gzipped or not), e.g. "
+             "data/MNIST/raw, where torchvision's MNIST downloads them (python train.py "
+             "dataset=mnist).")
+    with pytest.raises(SystemExit) as stop:
+        module.main([*args, "--mnist-dir", str(tmp_path / "missing")])
+    assert stop.value.code == f"Error: {tmp_path / 'missing'} holds no MNIST test files: {where}"
+    # No folder given, and no ../shared beside the repository (users have none).
+    monkeypatch.setattr(module, "SHARED", tmp_path / "shared")
+    with pytest.raises(SystemExit) as stop:
+        module.main(args)
+    assert stop.value.code == f"Error: No MNIST folder given (--mnist-dir): {where}"
+    # torchvision's download folder (dataset=mnist), gzipped or not, is found.
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-images-idx3-ubyte").touch()
+    (raw / "t10k-labels-idx1-ubyte.gz").touch()
+    found = module.mnist_files(tmp_path / "data", {"images": None, "labels": None})
+    assert found == {"images": raw / "t10k-images-idx3-ubyte",
+                     "labels": raw / "t10k-labels-idx1-ubyte.gz"}
