@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from genmodels.config import check_overrides_compose
 from genmodels.errors import GenmodelsError
+from genmodels.files import check_working_directory
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
@@ -26,6 +27,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     try:  # an unknown option or key: one sentence with the closest match
+        check_working_directory()
         check_overrides_compose(str(Path(__file__).parent / "conf"), "generate", sys.argv[1:])
     except GenmodelsError as error:
         sys.exit(f"Error: {error}")

@@ -134,3 +134,15 @@ def make_output_folder(folder: Path) -> None:
     except OSError as error:
         raise GenmodelsError(f"Cannot write to {folder} ({error.strerror}): give "
                              "out=<a path in a folder you can write>.") from None
+
+
+def check_working_directory() -> None:
+    """One sentence when the folder a command runs in was deleted (or moved) under the
+    shell: relative paths (logs/, data/) lead nowhere, and PyTorch's libraries fail to
+    load from there. The scripts check it before importing PyTorch."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise GenmodelsError("The working directory no longer exists (deleted or moved since "
+                             "the shell entered it): cd to an existing folder and run "
+                             "again.") from None

@@ -257,3 +257,23 @@ def test_a_sweep_directory_in_use_is_not_rewritten(tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
     assert (sweep_dir / "multirun.yaml").read_text() == "old sweep\n"
     assert sorted(p.name for p in sweep_dir.iterdir()) == ["0_ae_digits", "multirun.yaml"]
+
+
+RUN_IN_A_DELETED_FOLDER = """
+import os, runpy, sys
+os.makedirs(sys.argv[1])
+os.chdir(sys.argv[1])
+os.rmdir(sys.argv[1])  # as `rm -r` from another shell does
+sys.argv = [sys.argv[2]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("script", ["train", "generate", "evaluate"])
+def test_a_deleted_working_directory_is_one_sentence(script, tmp_path):
+    done = subprocess.run([sys.executable, "-c", RUN_IN_A_DELETED_FOLDER, str(tmp_path / "gone"),
+                           str(ROOT / f"{script}.py")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and done.stderr.strip() == (
+        "Error: The working directory no longer exists (deleted or moved since the shell "
+        "entered it): cd to an existing folder and run again."), done.stderr[-2000:]
