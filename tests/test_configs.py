@@ -1,5 +1,7 @@
 """Every config option composes and builds; bad options are named with the valid ones."""
 
+import json
+
 import pytest
 from hydra.utils import instantiate
 
@@ -7,7 +9,7 @@ from genmodels.config import build
 from genmodels.errors import GenmodelsError
 from genmodels.models import GenerativeModel
 
-from .conftest import CONF, ROOT, compose_config, run_train
+from .conftest import CONF, FAST, ROOT, compose_config, run_train
 
 # Models that truly cannot work at a size, with the error they give.
 CANNOT_BUILD = {("dcgan64", 28): "needs image_size divisible by 16, got 28"}
@@ -23,6 +25,28 @@ def test_every_group_has_the_options_the_docs_promise():
     assert {"default", "cpu", "gpu", "ddp", "ddp_cpu", "debug"} <= set(options("trainer"))
     assert {"tensorboard", "csv"} <= set(options("logger"))
     assert "default" in options("callbacks")
+    assert {"fdr", "limit", "overfit", "profiler"} <= set(options("debug"))
+
+
+@pytest.mark.parametrize(("option", "settings"), [
+    ("fdr", {"fast_dev_run": True}),
+    ("limit", {"max_epochs": 2, "limit_train_batches": 4, "detect_anomaly": True}),
+    ("overfit", {"overfit_batches": 2}),
+    ("profiler", {"profiler": "simple", "max_epochs": 1}),
+])
+def test_debug_options_set_lightnings_debugging_switches(option, settings, tmp_path):
+    trainer = compose_config([f"debug={option}"], tmp_path).trainer
+    assert {key: trainer[key] for key in settings} == settings
+    assert "fast_dev_run" not in compose_config([], tmp_path).trainer  # off by default
+
+
+def test_debug_fdr_runs_one_batch_and_writes_no_checkpoint(tmp_path):
+    from genmodels.jobs.train import train
+
+    summary = train(compose_config(["debug=fdr", "model=ae", *FAST], tmp_path / "run"))
+    assert "val/loss" in summary and "test/loss" in summary
+    record = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert record["global_step"] == 1 and not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("group", ["model", "dataset", "trainer", "logger", "callbacks"])
