@@ -1,5 +1,6 @@
 """Every config option composes and builds; bad options are named with the valid ones."""
 
+import importlib.util
 import json
 
 import pytest
@@ -86,12 +87,34 @@ def test_cpu_trainers_build(trainer, tmp_path):
     assert instantiate(cfg.trainer, logger=False).max_epochs >= 1
 
 
+# Loggers whose package genmodels does not install: built where it is installed.
+OPTIONAL_LOGGERS = {"wandb": "wandb", "mlflow": "mlflow"}
+
+
+def installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
 def test_loggers_and_callbacks_build(tmp_path):
     for logger in options("logger"):
+        if logger in OPTIONAL_LOGGERS and not installed(OPTIONAL_LOGGERS[logger]):
+            continue
         cfg = compose_config([f"logger={logger}"], tmp_path)
         assert all(instantiate(node) for node in cfg.logger.values())
     cfg = compose_config([], tmp_path)
     assert len([instantiate(node) for node in cfg.callbacks.values()]) == len(cfg.callbacks)
+
+
+@pytest.mark.parametrize("logger", sorted(OPTIONAL_LOGGERS))
+def test_a_logger_whose_package_is_missing_says_what_to_install(logger, tmp_path):
+    if installed(OPTIONAL_LOGGERS[logger]):
+        pytest.skip(f"{logger} is installed here")
+    from genmodels.jobs.train import train
+
+    with pytest.raises(GenmodelsError, match=rf"logger={logger} needs a package that is not "
+                                             rf"installed: .*pip install -U '{logger}>="):
+        train(compose_config([f"logger={logger}", "model=ae", *FAST], tmp_path / "run"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_precision_and_ddp_are_plain_overrides(tmp_path):

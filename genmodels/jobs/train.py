@@ -112,6 +112,23 @@ def check_fresh_output_dir(cfg: DictConfig, output_dir: Path) -> None:
             "directory (leave hydra.run.dir unset, or give a new one).")
 
 
+def build_loggers(nodes: DictConfig) -> list:
+    """The loggers the config names; one that needs a package this environment lacks
+    (logger=wandb, logger=mlflow) says which, in one sentence."""
+    loggers = []
+    for name, node in nodes.items():
+        if node is None:
+            continue
+        try:
+            loggers.append(build(node))
+        except InstantiationException as error:
+            if not isinstance(error.__cause__, ModuleNotFoundError):
+                raise
+            raise GenmodelsError(f"logger={name} needs a package that is not installed: "
+                                 f"{error.__cause__}") from None
+    return loggers
+
+
 def check_extra_epochs(cfg: DictConfig) -> None:
     """extra_epochs=N continues a checkpoint for N more epochs: it needs one, and says
     what trainer.max_epochs would say absolutely."""
@@ -177,7 +194,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks.append(OptimizedMetricCheck(cfg.optimized_metric, bool(cfg.get("test"))))
     if cfg.trainer.get("enable_model_summary", True):
         callbacks.append(ModelSummary())  # in place of Lightning's (below), which shows FLOPs
-    loggers = [build(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = build_loggers(cfg.get("logger") or {})
     keep_csv_history(loggers)
     # Checkpoints are written all or nothing and checked before loading (any other
     # plugins the trainer config names are kept).
