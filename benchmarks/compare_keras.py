@@ -48,11 +48,12 @@ MNIST_FILES = {"images": "t10k-images-idx3-ubyte", "labels": "t10k-labels-idx1-u
 SHARED = ROOT.parent / "shared" / "data" / "mnist-t10k"  # the default, where it exists
 
 
-def mnist_files(folder: Path | None, given: dict[str, Path | None]) -> dict[str, Path]:
+def mnist_files(folder: Path | None, given: dict[str, Path | None],
+                default: Path) -> dict[str, Path]:
     """The IDX files: each as given (--images, --labels), else found, gzipped or not, in
-    --mnist-dir or its MNIST/raw/. Missing: exits with one sentence saying where they
-    come from."""
-    folder = folder if folder is not None else SHARED if SHARED.is_dir() else None
+    --mnist-dir (else `default`, where it exists) or its MNIST/raw/. Missing: exits with
+    one sentence saying where they come from. seed_claims.py uses it too."""
+    folder = folder if folder is not None else default if default.is_dir() else None
     where = [folder, folder / "MNIST" / "raw"] if folder is not None else []
     files = {kind: Path(path).expanduser() if path else next(
         (d / (MNIST_FILES[kind] + gz) for d in where for gz in (".gz", "")
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--python", default="python", help="keras: TensorFlow's interpreter")
     parser.add_argument("--threads", type=int, default=0, help="keras: 0 = TF's default")
     args = parser.parse_args(argv)
-    files = mnist_files(args.mnist_dir, {"images": args.images, "labels": args.labels})
+    files = mnist_files(args.mnist_dir, {"images": args.images, "labels": args.labels},
+                        SHARED)
     args.images, args.labels = str(files["images"]), str(files["labels"])
     {"ours": ours, "keras": keras, "score": score}[args.command](args)
 

@@ -36,33 +36,11 @@ from genmodels.config import build
 from genmodels.engine.runs import load_model
 from genmodels.jobs.train import train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
+from compare_keras import mnist_files  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-# The official MNIST test set (10,000 images), as torchvision's MNIST downloads it into
-# <data_dir>/MNIST/raw/ (`python train.py dataset=mnist`).
-MNIST_FILES = {"images": "t10k-images-idx3-ubyte", "labels": "t10k-labels-idx1-ubyte"}
 SHARED = ROOT.parent / "shared" / "data" / "mnist-t10k"  # the default, where it exists
-
-
-def mnist_files(folder: Path | None, given: dict[str, Path | None]) -> dict[str, Path]:
-    """The IDX files: each as given (--images, --labels), else found, gzipped or not, in
-    --mnist-dir or its MNIST/raw/. Missing: exits with one sentence saying where they
-    come from."""
-    folder = folder if folder is not None else SHARED if SHARED.is_dir() else None
-    where = [folder, folder / "MNIST" / "raw"] if folder is not None else []
-    files = {kind: Path(path).expanduser() if path else next(
-        (d / (MNIST_FILES[kind] + gz) for d in where for gz in (".gz", "")
-         if (d / (MNIST_FILES[kind] + gz)).is_file()), None) for kind, path in given.items()}
-    missing = [str(files[k]) for k in files if files[k] is not None and not files[k].is_file()]
-    if missing or None in files.values():
-        said = (f"{', '.join(missing)} does not exist" if missing
-                else f"{folder} holds no MNIST test files" if folder is not None
-                else "No MNIST folder given (--mnist-dir)")
-        names = " and ".join(f"{MNIST_FILES[kind]}.gz" for kind in given)
-        sys.exit(f"Error: {said}: give --mnist-dir <folder> with the official MNIST test set "
-                 f"file{'s' * (len(given) > 1)} {names} (gzipped or not), e.g. data/MNIST/raw, "
-                 "where torchvision's MNIST downloads them (python train.py dataset=mnist).")
-    return files
-
 
 MODELS = {  # name: overrides
     "sparse_ae (KL, target 0.1)": ["model=sparse_ae"],
@@ -142,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--override", nargs="*", default=[],
                         help="extra config overrides for every model, e.g. model.optimizer.lr=3e-3")
     args = parser.parse_args(argv)
-    args.images = mnist_files(args.mnist_dir, {"images": args.images})["images"]
+    args.images = mnist_files(args.mnist_dir, {"images": args.images}, SHARED)["images"]
     logging.getLogger("genmodels").setLevel(logging.WARNING)
     results = {}
     with tempfile.TemporaryDirectory() as runs:

@@ -156,6 +156,7 @@ def test_benchmarks_without_the_mnist_files_say_where_they_come_from(script, arg
     raw.mkdir(parents=True)
     (raw / "t10k-images-idx3-ubyte").touch()
     (raw / "t10k-labels-idx1-ubyte.gz").touch()
-    found = module.mnist_files(tmp_path / "data", {"images": None, "labels": None})
+    found = module.mnist_files(tmp_path / "data", {"images": None, "labels": None},
+                               module.SHARED)
     assert found == {"images": raw / "t10k-images-idx3-ubyte",
                      "labels": raw / "t10k-labels-idx1-ubyte.gz"}
