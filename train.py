@@ -13,6 +13,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from genmodels.config import check_overrides_compose, task_function
+from genmodels.engine.rundirs import (
+    RunDirectory,
+    StoppedBySignal,
+    release_directory_locks,
+    stop_on_sigterm,
+    with_run_choices,
+)
 from genmodels.errors import GenmodelsError
 from genmodels.files import check_working_directory
 from genmodels.jobs.sweeps import (
@@ -27,7 +34,6 @@ from genmodels.jobs.sweeps import (
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     # Imported here, so that `--help` answers without loading PyTorch.
-    from genmodels.engine.rundirs import RunDirectory, release_directory_locks
     from genmodels.jobs.train import optimized_value
 
     try:
@@ -59,14 +65,6 @@ def run() -> None:
         check_working_directory()  # before PyTorch loads: from a deleted folder it cannot
     except GenmodelsError as error:
         sys.exit(f"Error: {error}")
-    from genmodels.engine.rundirs import (  # here: they load PyTorch
-        RunDirectory,
-        StoppedBySignal,
-        release_directory_locks,
-        stop_on_sigterm,
-        with_run_choices,
-    )
-
     # Continuing a run: Hydra composes that run's config groups (its model, dataset, ...).
     sys.argv[1:] = with_run_choices(sys.argv[1:])
     try:  # an unknown option or key: one sentence with the closest match

@@ -8,14 +8,17 @@ A model holds its algorithm (genmodels/models/); the engine holds what runs it. 
 Trainer of your own, add `essential_callbacks()` to get what `train.py` gives every run.
 """
 
-from genmodels.engine.divergence import DivergenceGuard
-from genmodels.engine.random_streams import RandomStreams
-from genmodels.engine.step_budget import StepBudget
-from genmodels.engine.training_logs import TrainingLogs
 
 
 def essential_callbacks(seed: int = 0) -> list:
     """Training logs, the divergence guard, max_steps in the model's own steps and random
     numbers of each process's own, seeded from `seed`, rank and step: the callbacks without
     which a genmodels model trains but logs and checks nothing."""
+    # Imported here: the package's light modules (rundirs, runs' helpers) serve
+    # `train.py --help` and its start-up checks without loading Lightning and PyTorch.
+    from genmodels.engine.divergence import DivergenceGuard
+    from genmodels.engine.random_streams import RandomStreams
+    from genmodels.engine.step_budget import StepBudget
+    from genmodels.engine.training_logs import TrainingLogs
+
     return [TrainingLogs(), DivergenceGuard(), StepBudget(), RandomStreams(seed)]
