@@ -84,8 +84,10 @@ def digits():
     return datamodule
 
 
-def test_classifier_is_trained_once_then_loaded_from_its_cache(digits, tmp_path):
-    classifier = classifier_for(digits, tmp_path, epochs=2)
+def test_classifier_is_trained_once_then_loaded_from_its_cache(digits, tmp_path, capsys):
+    classifier = classifier_for(digits, tmp_path, epochs=2, progress=True)
+    # evaluate.py shows its progress (it trained for a minute and more in silence)
+    assert "Training the feature classifier" in capsys.readouterr().err
     (cached,) = tmp_path.iterdir()
     assert cached.name.startswith("digits_28px_1ch_") and cached.suffix == ".pt"
     images, labels = digits.splits["test"]

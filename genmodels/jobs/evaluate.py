@@ -98,7 +98,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise GenmodelsError(f"split={cfg.split!r}; valid choices: {sorted(datamodule.splits)}.")
     real, labels = (t.to(device) for t in datamodule.splits[cfg.split])
     labels = labels if (labels >= 0).all() else None
-    classifier = classifier_for(datamodule, cfg.classifier_cache, epochs=cfg.classifier_epochs)
+    classifier = classifier_for(datamodule, cfg.classifier_cache, epochs=cfg.classifier_epochs,
+                                progress=True)
     classifier = classifier.to(device)
     long = cfg.num_samples >= PROGRESS_FROM
     if long:

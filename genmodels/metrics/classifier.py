@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from genmodels.errors import GenmodelsError
 from genmodels.files import write_atomically
@@ -105,18 +106,19 @@ class ChannelwiseClassifier(nn.Module):
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                      epochs: int = 5, batch_size: int = 64, lr: float = 3e-3,
-                     seed: int = 0) -> FeatureClassifier:
+                     seed: int = 0, progress: bool = False) -> FeatureClassifier:
     """Fit a FeatureClassifier to uint8 images with cross-entropy (Adam, light random
-    shifts so that the features do not depend on exact pixel positions).
+    shifts so that the features do not depend on exact pixel positions); `progress`
+    shows a bar (on stderr) over its steps.
 
     Gradients are switched on explicitly: the training-time callback calls this from
     inside Lightning's validation loop, which runs in inference mode."""
     with torch.inference_mode(False), torch.enable_grad():
         return _train_classifier(images.clone(), labels.clone(), num_classes, epochs,
-                                 batch_size, lr, seed)
+                                 batch_size, lr, seed, progress)
 
 
-def _train_classifier(images, labels, num_classes, epochs, batch_size, lr, seed):
+def _train_classifier(images, labels, num_classes, epochs, batch_size, lr, seed, progress):
     torch.manual_seed(seed)
     classifier = FeatureClassifier(images.shape[1], num_classes).to(images.device)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
@@ -124,9 +126,13 @@ def _train_classifier(images, labels, num_classes, epochs, batch_size, lr, seed)
         optimizer, max_lr=lr, total_steps=max(1, epochs * (len(images) // batch_size or 1)))
     generator = torch.Generator().manual_seed(seed)
     classifier.train()
+    starts = range(0, max(1, len(images) - batch_size + 1), batch_size)
+    bar = tqdm(total=epochs * len(starts), desc="Training the feature classifier",
+               unit="step", disable=not progress, leave=False)
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=generator).to(images.device)
-        for start in range(0, max(1, len(images) - batch_size + 1), batch_size):
+        for start in starts:
+            bar.update()
             index = order[start : start + batch_size]
             x = random_shift(images[index], max_shift=2, generator=generator)
             loss = F.cross_entropy(classifier(x), labels[index])
@@ -134,6 +140,7 @@ def _train_classifier(images, labels, num_classes, epochs, batch_size, lr, seed)
             loss.backward()
             optimizer.step()
             scheduler.step()
+    bar.close()
     return classifier.eval()
 
 
@@ -165,10 +172,11 @@ def labelled_training_images(datamodule) -> tuple[torch.Tensor, torch.Tensor, in
     return images, labels, datamodule.num_classes
 
 
-def classifier_for(datamodule, cache_dir: str | Path, epochs: int = 5, seed: int = 0):
+def classifier_for(datamodule, cache_dir: str | Path, epochs: int = 5, seed: int = 0,
+                   progress: bool = False):
     """The feature classifier of a (set up) datamodule: loaded from `cache_dir`, or
-    trained on its training split and cached there. Returns a FeatureClassifier, or a
-    ChannelwiseClassifier for Stacked MNIST."""
+    trained on its training split (with a progress bar if `progress`) and cached there.
+    Returns a FeatureClassifier, or a ChannelwiseClassifier for Stacked MNIST."""
     images, labels, num_classes = labelled_training_images(datamodule)
     digest = hashlib.sha1()
     for tensor in (images, labels):
@@ -185,7 +193,8 @@ def classifier_for(datamodule, cache_dir: str | Path, epochs: int = 5, seed: int
     else:
         log.info("Training the feature classifier on %d %s images (%d epochs); it is cached "
                  "in %s", len(images), datamodule.name, epochs, path)
-        classifier = train_classifier(images, labels, num_classes, epochs=epochs, seed=seed)
+        classifier = train_classifier(images, labels, num_classes, epochs=epochs, seed=seed,
+                                      progress=progress)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # All or nothing: a concurrent reader never sees half a file.
