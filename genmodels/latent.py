@@ -130,9 +130,10 @@ def interpolate(model, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10,
 
 @torch.no_grad()
 def interpolate_codings(model, z_a: torch.Tensor, z_b: torch.Tensor, steps: int = 10,
-                        method: str = "lerp") -> torch.Tensor:
+                        method: str = "lerp", **decode_options) -> torch.Tensor:
     """Decode `steps` points on the path between two codings (latent_dim,), e.g. two prior
-    draws: (steps, C, H, W), from z_a's image to z_b's."""
+    draws: (steps, C, H, W), from z_a's image to z_b's. `decode_options` go to the model's
+    decode (a conditional GAN's `labels`)."""
     require(model, "decode")
     if method not in INTERPOLATIONS:
         raise GenmodelsError(f"Unknown interpolation {method!r}; valid choices: "
@@ -145,7 +146,7 @@ def interpolate_codings(model, z_a: torch.Tensor, z_b: torch.Tensor, steps: int 
         z = slerp(z_a, z_b, t)
     else:
         z = torch.lerp(z_a, z_b, t[:, None])
-    return model.decode(z)
+    return model.decode(z, **decode_options)
 
 
 @torch.no_grad()

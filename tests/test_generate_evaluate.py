@@ -618,6 +618,26 @@ def test_a_gan_walks_between_seeds_through_its_ema_generator(gan_runs, tmp_path)
     with pytest.raises(GenmodelsError, match="Interpolating between images needs an encoder, "
                                              "which GAN lacks: walk between prior draws"):
         generate(tool_config("generate", f"run={run}", "task=interpolate", "indices=[0,1]"))
-    with pytest.raises(GenmodelsError, match="This GAN is conditional"):
+    with pytest.raises(GenmodelsError, match="This GAN is conditional: a latent walk keeps "
+                                             "one class, e.g. task=interpolate labels=\\[3\\]"):
         generate(tool_config("generate", f"run={gan_runs['cgan']}", "task=interpolate",
                              f"out={tmp_path / 'cgan'}"))
+
+
+def test_a_conditional_gan_walks_between_seeds_within_a_class_per_row(gan_runs, tmp_path):
+    run = gan_runs["cgan"]
+    model = load_model(run)
+    _, npz = generate(tool_config("generate", f"run={run}", "task=interpolate",
+                                  "seeds=[1,2,3,4]", "labels=[3,7]", "steps=4",
+                                  f"out={tmp_path / 'walk'}"))
+    arrays = np.load(npz)
+    assert arrays["labels"].tolist() == [3, 7]
+    ends = [torch.randn(100, generator=torch.Generator().manual_seed(s)) for s in (1, 2, 3, 4)]
+    t = torch.linspace(0, 1, 4)[:, None]
+    for row, (label, (a, b)) in enumerate(zip((3, 7), ((0, 1), (2, 3)), strict=True)):
+        z = torch.lerp(ends[a], ends[b], t)
+        expected = to_uint8(model, model.generator.eval()(z, torch.full((4,), label)))
+        assert torch.equal(torch.from_numpy(arrays["images"][4 * row: 4 * row + 4]), expected)
+    with pytest.raises(GenmodelsError, match=r"labels=\[3\] applies to conditional models"):
+        generate(tool_config("generate", f"run={gan_runs['ema']}", "task=interpolate",
+                             "labels=[3]", f"out={tmp_path / 'plain'}"))

@@ -81,9 +81,18 @@ def interpolate_task(model, cfg: DictConfig):
                  if cfg.seeds is not None else list(range(2 * cfg.rows)))
         dim = latent.latent_dim(model)
         ends = [torch.randn(dim, generator=torch.Generator().manual_seed(s)) for s in seeds]
-        rows = [latent.interpolate_codings(model, ends[i], ends[i + 1], cfg.steps, cfg.method)
+        labels = as_list(cfg.labels)  # a conditional GAN: each row keeps one class
+        if labels is not None and getattr(model, "num_classes", None) is None:
+            raise GenmodelsError(f"labels={labels} applies to conditional models; "
+                                 f"{type(model).__name__} is not one.")
+        rows = [latent.interpolate_codings(
+                    model, ends[i], ends[i + 1], cfg.steps, cfg.method,
+                    **({} if labels is None else {"labels": labels[i // 2 % len(labels)]}))
                 for i in range(0, len(ends), 2)]
-        return to_uint8(model, torch.cat(rows)), {"seeds": np.array(seeds)}, cfg.steps
+        extra = {"seeds": np.array(seeds)}
+        if labels is not None:
+            extra["labels"] = np.array([labels[k % len(labels)] for k in range(len(rows))])
+        return to_uint8(model, torch.cat(rows)), extra, cfg.steps
     inputs = pair_images(model, cfg)
     x = from_uint8(model, inputs)
     rows = [latent.interpolate(model, x[i], x[i + 1], cfg.steps, cfg.method)

@@ -300,18 +300,28 @@ class GAN(GenerativeModel):
         return self.generate(n, network, generator, labels, truncation)[0]
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels=None) -> torch.Tensor:
         """G's images for given latents z (n, latent_dim), from the EMA copy of G when
         there is one (as `sample`): what the latent-space tools walk (interpolation between
-        seeds, semantic grids). Noise the network draws itself (StyleGAN's) is the same at
-        every call, so that a walk changes with z alone."""
+        seeds, semantic grids). A conditional GAN draws every image of the class in
+        `labels` (one, or one per image). Noise the network draws itself (StyleGAN's) is
+        the same at every call, so that a walk changes with z alone."""
+        if self.num_classes is None and labels is not None:
+            raise GenmodelsError("labels were given, but this GAN is not conditional.")
         if self.num_classes is not None:
-            raise GenmodelsError("This GAN is conditional: its latent walks need a class "
-                                 "for every image, which the latent tools do not give yet; "
-                                 "use task=samples with labels=[...].")
+            if labels is None:
+                raise GenmodelsError("This GAN is conditional: a latent walk keeps one class, "
+                                     "e.g. task=interpolate labels=[3] (one per row); its "
+                                     "grids (task=semantic) are not conditional yet.")
+            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1).expand(len(z))
+            if labels.min() < 0 or labels.max() >= self.num_classes:
+                raise GenmodelsError(f"labels must be class indices in [0, {self.num_classes})"
+                                     f", got {labels.unique().tolist()}.")
         network = self.ema_generator() if self.generator_ema is not None else self.generator
         with global_rng_seeded_from(torch.Generator().manual_seed(0), self.device):
-            return network(z.to(self.device))
+            if labels is None:
+                return network(z.to(self.device))
+            return network(z.to(self.device), labels.to(self.device))
 
     @torch.no_grad()
     def update_generator_ema(self):
