@@ -1,6 +1,7 @@
 """Building objects from Hydra config nodes, with user errors kept readable."""
 
 import math
+import re
 from collections.abc import Callable
 
 from hydra.errors import InstantiationException
@@ -199,8 +200,18 @@ def if_resuming(resume, resuming_value, fresh_value):
     return resuming_value if resume else fresh_value
 
 
+def name_suffix(name) -> str:
+    """Config resolver: `${name_suffix:${name}}` is `_<name>` for a run named with
+    name=<name>, nothing without one; conf/hydra/default.yaml ends run directories in it.
+    Characters other than letters, digits, '.', '_' and '-' (a '/', spaces) become '-'."""
+    if name is None or str(name) == "":
+        return ""
+    return "_" + re.sub(r"[^A-Za-z0-9._-]+", "-", str(name))
+
+
 # Registered on import (train.py imports this module before Hydra composes the config).
 OmegaConf.register_new_resolver("if_resuming", if_resuming, replace=True)
+OmegaConf.register_new_resolver("name_suffix", name_suffix, replace=True)
 
 
 def check_overrides_compose(config_dir: str, config_name: str, args: list[str]) -> None:

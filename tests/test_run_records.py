@@ -1,17 +1,18 @@
 """Nothing a user makes is lost or mixed up: each run and sweep gets a directory of its own,
 and a refused start leaves nothing behind (issue 10)."""
 import copy
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict, read_write
+from omegaconf import OmegaConf, open_dict, read_write
 
 from genmodels.engine.rundirs import RunDirectory, claim_directory
 
-from .conftest import CONF, run_main
+from .conftest import CONF, TINY, run_main
 
 
 def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path):
@@ -78,3 +79,17 @@ def test_a_refused_start_changes_nothing_and_leaves_no_directory(tmp_path, capsy
     assert "Traceback" not in capsys.readouterr().err
 
 
+
+
+def test_a_named_run_carries_its_name_and_tags(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_main("model=ae", *TINY, "trainer.max_epochs=1", "name=wide decoder/v2",
+             "tags=[ablation,decoder]")
+    (run_dir,) = (tmp_path / "logs" / "runs").iterdir()
+    assert run_dir.name.endswith("_ae_digits_wide-decoder-v2")  # a folder name, one level
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["name"], summary["tags"]) == ("wide decoder/v2", ["ablation", "decoder"])
+    from genmodels.engine.hparams import curated_hparams
+
+    hparams = curated_hparams(OmegaConf.load(run_dir / "config.yaml"), run_dir)
+    assert (hparams["name"], hparams["tags"]) == ("wide decoder/v2", "ablation,decoder")

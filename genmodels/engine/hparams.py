@@ -42,6 +42,9 @@ def curated_hparams(cfg: DictConfig | dict, run_dir: str | Path | None = None) -
         if key in cfg.trainer:
             hparams[f"trainer.{key}"] = cfg.trainer[key]
     hparams["seed"] = cfg.get("seed")
+    hparams["name"] = cfg.get("name")
+    if cfg.get("tags"):
+        hparams["tags"] = ",".join(map(str, cfg.tags))
     return {key: tensorboard_value(value) for key, value in hparams.items()
             if value is not None}
 

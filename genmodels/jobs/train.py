@@ -290,7 +290,8 @@ def save_summary(metrics: dict[str, float], cfg: DictConfig, trainer: L.Trainer,
     the sweep summary table."""
     final = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())
              if k.startswith(("val/", "test/", "train/")) and not k.endswith("_step")}
-    summary = {"status": status, "epochs": trainer.current_epoch,
+    summary = {"status": status, "name": cfg.get("name"), "tags": list(cfg.get("tags") or []),
+               "epochs": trainer.current_epoch,
                "global_step": trainer.global_step,
                "optimized_metric": cfg.get("optimized_metric"), "metrics": final}
     write_text_atomically(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
