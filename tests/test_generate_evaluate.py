@@ -256,11 +256,13 @@ def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache,
     events = EventAccumulator(str(vae_run / "tensorboard" / "evaluation" / path.stem))
     events.Reload()
     assert "eval/fd_classifier" in events.Tags()["scalars"]
-    # A row of its own in the HPARAMS table, with the run's hyperparameters.
+    # The run's own HPARAMS row: its final training metrics and this evaluation's, side by
+    # side (one row per run, not one per evaluation).
     table = hparams_table(vae_run / "tensorboard")
-    row = table[f"evaluation/{path.stem}"]
-    assert row["hparams"] == table["hparams"]["hparams"] and row["hparams"]["model"] == "vae"
-    assert "eval/fd_classifier" in row["metrics"]
+    assert list(table) == ["hparams"]
+    row = table["hparams"]
+    assert row["hparams"]["model"] == "vae" and "hp/val/loss" in row["metrics"]
+    assert row["metrics"]["hp/eval/fd_classifier"] == pytest.approx(metrics["fd_classifier"])
     with pytest.raises(GenmodelsError, match="refusing to overwrite"):
         evaluate(cfg)
 

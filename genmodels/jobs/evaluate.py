@@ -133,10 +133,21 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def log_to_tensorboard(run_dir: Path, name: str, config: dict, metrics: dict,
                        step: int) -> None:
-    """Scalars `eval/<metric>` and an HPARAMS session (the run's hyperparameters with these
-    metrics) in <run>/tensorboard/evaluation/<name>, so a sweep's runs can be ranked."""
+    """Scalars `eval/<metric>` in <run>/tensorboard/evaluation/<name>, and the same numbers
+    (`hp/eval/<metric>`) in the run's own HPARAMS row beside its final training metrics,
+    so that a sweep's runs are ranked by them (the row shows the latest evaluation; each
+    one's JSON file keeps it)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run_dir / "tensorboard" / "evaluation" / name)) as writer:
+        for metric, value in metrics.items():
+            writer.add_scalar(f"eval/{metric}", float(value), step)
     logged = run_dir / "tensorboard" / "hparams.yaml"  # what training logged, if anything
     hparams = OmegaConf.to_container(OmegaConf.load(logged)) if logged.is_file() else None
-    scalars = {f"eval/{k}": float(v) for k, v in metrics.items()}
-    log_hparams_session(run_dir / "tensorboard" / "evaluation" / name,
-                        hparams or curated_hparams(config, run_dir), scalars, step)
+    summary = run_dir / "summary.json"
+    trained = json.loads(summary.read_text()).get("metrics", {}) if summary.is_file() else {}
+    row = {f"hp/{k}": v for k, v in trained.items()
+           if k.startswith(("val/", "test/")) and v is not None}
+    row |= {f"hp/eval/{k}": float(v) for k, v in metrics.items()}
+    log_hparams_session(run_dir / "tensorboard" / "hparams",
+                        hparams or curated_hparams(config, run_dir), row, step)
