@@ -19,10 +19,11 @@ from genmodels.nn.layers import Dropout, make_activation
 from genmodels.nn.progan import GrowthSchedule, ProGANDiscriminator, ProGANGenerator
 from genmodels.nn.recurrent import RowLSTMDecoder, RowLSTMEncoder
 from genmodels.nn.stylegan import StyleGANGenerator
+from genmodels.nn.unet import UNet
 
 __all__ = ["ConditionalDiscriminator", "ConditionalGenerator", "ConvDecoder", "ConvEncoder",
            "DCGANDiscriminator", "DCGANGenerator", "DenseDecoder", "DenseDiscriminator",
            "DenseEncoder", "Dropout", "GrowthSchedule", "MinibatchDiscrimination",
            "MinibatchStdDev", "ProGANDiscriminator", "ProGANGenerator", "RowLSTMDecoder",
-           "RowLSTMEncoder", "StyleGANGenerator", "TiedDenseDecoder", "UpsampleGenerator",
-           "make_activation"]
+           "RowLSTMEncoder", "StyleGANGenerator", "TiedDenseDecoder", "UNet",
+           "UpsampleGenerator", "make_activation"]
