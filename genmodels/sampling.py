@@ -9,11 +9,17 @@ from tqdm import tqdm
 
 from genmodels.errors import GenmodelsError
 
+# Options of a diffusion model's sampler: generate.py's name for each, and `sample`'s.
+DIFFUSION_OPTIONS = {"sample_steps": "steps", "sampler": "sampler", "eta": "eta",
+                     "guidance": "guidance"}
+
 
 def sampling_options(model, labels=None, temperature: float = 1.0,
-                     ema: bool | None = None, truncation: float | None = None) -> dict:
+                     ema: bool | None = None, truncation: float | None = None,
+                     diffusion: dict | None = None) -> dict:
     """Keyword arguments for `model.sample` that ask for these options, after checking
-    that the model supports each one (by the arguments its `sample` accepts)."""
+    that the model supports each one (by the arguments its `sample` accepts). `diffusion`:
+    sample_steps, sampler, eta, guidance (None: the model's default), for DDPMs."""
     accepted = inspect.signature(model.sample).parameters
     name = type(model).__name__
     options = {}
@@ -40,11 +46,19 @@ def sampling_options(model, labels=None, temperature: float = 1.0,
             raise GenmodelsError(f"truncation={truncation} needs a StyleGAN; {name}.sample "
                                  "takes no truncation.")
         options["truncation"] = truncation
+    for option, value in (diffusion or {}).items():
+        if value is None:
+            continue
+        if DIFFUSION_OPTIONS[option] not in accepted:
+            raise GenmodelsError(f"{option}={value} needs a diffusion model (model=ddpm); "
+                                 f"{name}.sample takes no {DIFFUSION_OPTIONS[option]}.")
+        options[DIFFUSION_OPTIONS[option]] = value
     if ema is not None and "ema" in accepted:
         options["ema"] = ema
-    if ema and getattr(model, "generator_ema", None) is None:
+    if ema and all(getattr(model, kept, None) is None
+                   for kept in ("generator_ema", "network_ema")):
         raise GenmodelsError(f"ema=true needs a model that keeps an EMA copy of its "
-                             f"generator (a GAN with model.ema_decay set); this {name} "
+                             f"weights (a GAN or DDPM with model.ema_decay set); this {name} "
                              "has none.")
     return options
 
@@ -52,16 +66,18 @@ def sampling_options(model, labels=None, temperature: float = 1.0,
 @torch.no_grad()
 def sample_images(model, n: int, seed: int = 0, labels=None, temperature: float = 1.0,
                   ema: bool | None = None, truncation: float | None = None,
-                  batch_size: int = 1000, progress: bool = False) -> torch.Tensor:
+                  diffusion: dict | None = None, batch_size: int = 1000,
+                  progress: bool = False) -> torch.Tensor:
     """n samples as uint8 (N, C, H, W) CPU images, reproducible from `seed`.
 
     labels: class of each sample for conditional models (a shorter list is repeated).
     ema: for GANs, passed to `sample`: None uses the generator's EMA copy when there is
     one, True insists on it, False takes the live generator.
     truncation: StyleGAN's truncation psi (None: none).
+    diffusion: a DDPM's sample_steps, sampler, eta and guidance (None: its defaults).
     progress: show a progress bar (on stderr) over the batches.
     """
-    options = sampling_options(model, labels, temperature, ema, truncation)
+    options = sampling_options(model, labels, temperature, ema, truncation, diffusion)
     if labels is not None:
         labels = torch.as_tensor(list(labels), dtype=torch.long)
         labels = labels.repeat(-(-n // len(labels)))[:n].to(model.device)

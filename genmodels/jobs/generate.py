@@ -41,7 +41,15 @@ from genmodels.engine.runs import (
 )
 from genmodels.errors import GenmodelsError
 from genmodels.files import make_output_folder, write_atomically
-from genmodels.sampling import chosen_device, from_uint8, interleave_rows, sample_images, to_uint8
+from genmodels.nn.diffusion import SAMPLERS
+from genmodels.sampling import (
+    DIFFUSION_OPTIONS,
+    chosen_device,
+    from_uint8,
+    interleave_rows,
+    sample_images,
+    to_uint8,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +61,8 @@ def samples_task(model, cfg: DictConfig):
     labels = as_list(cfg.labels)
     images = sample_images(model, cfg.num, seed=cfg.seed, labels=labels,
                            temperature=cfg.temperature, ema=cfg.ema,
-                           truncation=cfg.get("truncation"))
+                           truncation=cfg.get("truncation"),
+                           diffusion={name: cfg.get(name) for name in DIFFUSION_OPTIONS})
     extra = {} if labels is None else {"labels": np.resize(np.array(labels), cfg.num)}
     return images, extra, (len(labels) if labels else cfg.nrow)
 
@@ -304,11 +313,20 @@ def check_options(cfg: DictConfig) -> None:
     multiples = as_list(cfg.get("multiples")) or []
     if any(type(m) not in (int, float) for m in multiples):
         raise GenmodelsError(f"multiples must be numbers, got {multiples}.")
-    for name in ("truncation", "temperature"):
+    if cfg.get("sample_steps") is not None:
+        check_whole_number("sample_steps", cfg.sample_steps, 1)
+    for name in ("truncation", "temperature", "eta"):
         value = cfg.get(name)
         if value is not None and (type(value) not in (int, float) or value < 0):
             raise GenmodelsError(f"{name} must be a number of at least 0 (or null), got "
                                  f"{value!r}.")
+    guidance = cfg.get("guidance")
+    if guidance is not None and type(guidance) not in (int, float):
+        raise GenmodelsError(f"guidance must be a number (or null), got {guidance!r}.")
+    sampler = cfg.get("sampler")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise GenmodelsError(f"Unknown sampler={sampler!r}; valid choices: "
+                             f"{', '.join(SAMPLERS)}.")
 
 
 def generate(cfg: DictConfig) -> tuple[Path, Path]:

@@ -1,0 +1,334 @@
+"""Denoising diffusion probabilistic models (Ho et al., "Denoising Diffusion Probabilistic
+Models", 2020), with the improvements most implementations carry: the cosine schedule
+(Nichol & Dhariwal, 2021), v-prediction (Salimans & Ho, 2022), DDIM sampling (Song et al.,
+2021), an EMA of the weights, and class conditioning with classifier-free guidance (Ho &
+Salimans, 2022). The math of the process is in genmodels/nn/diffusion.py, the network in
+genmodels/nn/unet.py.
+"""
+
+import copy
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genmodels.config import check_whole_number
+from genmodels.errors import GenmodelsError
+from genmodels.models.base import GenerativeModel
+from genmodels.nn.diffusion import (
+    PREDICTIONS,
+    SAMPLERS,
+    NoiseSchedule,
+    check_choice,
+    ddim_step,
+    ddpm_step,
+    sampling_timesteps,
+)
+
+
+def ema_decay_at(ema_decay: float, updates: int) -> float:
+    """The EMA's decay at its (updates + 1)-th update: min(ema_decay, (1 + n) / (10 + n)), a
+    warm-up under which early weights, far from trained, are soon forgotten (TensorFlow's
+    ExponentialMovingAverage with num_updates, as Ho et al.'s code uses it)."""
+    return min(ema_decay, (1 + updates) / (10 + updates))
+
+
+class DDPM(GenerativeModel):
+    """A network learns to undo Gaussian noise added over T steps; sampling runs it from
+    pure noise back to an image.
+
+    Training (Algorithm 1 of Ho et al.): x_0 from the data, t ~ Uniform{1..T}, eps ~ N(0, I),
+    x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, and a gradient step on the simple loss
+    ||target - network(x_t, t)||^2 (mean over pixels), where the target is eps
+    (`prediction="epsilon"`) or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (`"v"`).
+    Logged: `loss` and `loss_t<a>_<b>`, the loss of the examples whose index t lies in
+    each of `loss_buckets` equal ranges of 0 .. T-1 (low t: little noise); validation also
+    logs `ema_loss`, the same loss for the EMA network that samples.
+
+    Sampling (`sample`): x_T ~ N(0, I), then `steps` updates down to x_0, either DDPM's
+    ancestral step (Algorithm 2; respaced when steps < T) or DDIM's (eq. 12, with `eta`).
+    The predicted x_0 is clipped to [-1, 1] at each step (`clip_x0`, as in Ho et al.'s
+    code). Images are in [-1, 1] (`value_range`).
+
+    `ema_decay`: an exponential moving average of the network's weights, with the warm-up
+    of `ema_decay_at`, updated after every optimizer step; `sample` uses it unless
+    ema=False. null: none.
+
+    `num_classes`: class-conditional; during training each label is replaced by the null
+    label (index num_classes) with probability `label_dropout` (0.1 by default), so the one
+    network is also unconditional, and sampling mixes both with the guidance weight w:
+    eps = (1 + w) eps(x_t, y) - w eps(x_t, null) (Ho & Salimans, eq. 6). w = 0 is the
+    conditional model, w = -1 the unconditional one.
+    """
+
+    def __init__(self, network: nn.Module, optimizer: Callable, channels: int,
+                 image_size: int, value_range: list[float], timesteps: int = 1000,
+                 schedule: str = "cosine", prediction: str = "epsilon",
+                 ema_decay: float | None = 0.9999, num_classes: int | None = None,
+                 label_dropout: float | None = None, sampler: str = "ddim",
+                 sample_steps: int = 50, eta: float = 0.0, guidance: float = 0.0,
+                 clip_x0: bool = True, loss_buckets: int = 4,
+                 scheduler: Callable | None = None):
+        super().__init__(channels, image_size, value_range, optimizer, scheduler)
+        if self.value_range != (-1.0, 1.0):
+            raise GenmodelsError(
+                f"DDPM works on images scaled to [-1, 1] (Ho et al., sec. 3.3: the noise "
+                f"and the clipping assume it), got model.value_range={list(value_range)}: "
+                "set model.value_range=[-1.0,1.0].")
+        check_choice("model.prediction", prediction, PREDICTIONS)
+        self.schedule = NoiseSchedule(schedule, timesteps)
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise GenmodelsError(f"model.ema_decay must be in (0, 1) or null, got "
+                                 f"{ema_decay!r}.")
+        if getattr(network, "num_classes", None) != num_classes:
+            raise GenmodelsError(
+                f"model.num_classes={num_classes} but the network's num_classes is "
+                f"{getattr(network, 'num_classes', None)}: set model.network.num_classes="
+                "${model.num_classes}.")
+        if label_dropout is None:
+            label_dropout = 0.1 if num_classes is not None else 0.0
+        if not 0.0 <= label_dropout < 1.0 or (label_dropout and num_classes is None):
+            raise GenmodelsError(f"model.label_dropout must be in [0, 1), and 0 or null "
+                                 f"without num_classes; got {label_dropout!r}.")
+        check_whole_number("model.loss_buckets", loss_buckets, 1, timesteps)
+        self.network = network
+        self.network_ema = (copy.deepcopy(network).requires_grad_(False)
+                            if ema_decay is not None else None)
+        self.prediction, self.ema_decay = prediction, ema_decay
+        self.num_classes, self.label_dropout = num_classes, label_dropout
+        self.clip_x0, self.loss_buckets = clip_x0, loss_buckets
+        # The sampling defaults; each is checked now, so a bad config stops before training.
+        self.sampling_defaults = self.sampling_settings(steps=sample_steps, sampler=sampler,
+                                                        eta=eta, guidance=guidance,
+                                                        defaults=None)
+        self._ema_updated_at_step = 0  # the global_step of the EMA's last update
+        self._labels_checked = False
+
+    @property
+    def timesteps(self) -> int:
+        return self.schedule.timesteps
+
+    # ----- training: Algorithm 1 ------------------------------------------------------------
+
+    def training_step(self, batch, batch_idx):
+        """Algorithm 1 of Ho et al.: one gradient step on the simple loss of a batch at
+        uniformly drawn timesteps (`losses`); the EMA follows after the optimizer step."""
+        losses = self.losses(batch)
+        return {"loss": losses["loss"], "log": losses}
+
+    def losses(self, batch, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The simple loss of Ho et al. (eq. 14) and its value per range of timesteps;
+        `generator` (CPU) draws t, the noise and the dropped labels reproducibly."""
+        x0, labels = self.real_batch(batch)
+        n = len(x0)
+        t = self.draw(lambda g: torch.randint(0, self.timesteps, (n,), generator=g), generator)
+        noise = self.draw(lambda g: torch.randn(x0.shape, generator=g), generator)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        target = self.schedule.training_target(self.prediction, x0, noise, t)
+        labels = self.drop_labels(labels, generator)
+        per_example = self.per_example_loss(self.network, x_t, t, labels, target)
+        losses = {"loss": per_example.mean()}
+        losses |= self.bucket_losses(per_example, t)
+        if not self.training and self.network_ema is not None:
+            losses["ema_loss"] = self.per_example_loss(self.network_ema, x_t, t, labels,
+                                                       target).mean()
+        return losses
+
+    def per_example_loss(self, network, x_t, t, labels, target) -> torch.Tensor:
+        """||target - network(x_t, t[, y])||^2, the mean over each image's pixel values."""
+        output = network(x_t, t, labels) if labels is not None else network(x_t, t)
+        return F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1)
+
+    def bucket_losses(self, per_example: torch.Tensor, t: torch.Tensor) -> dict:
+        """The mean loss of the examples whose t is in each of `loss_buckets` equal ranges
+        of 0 .. T-1, named loss_t<first>_<last>; a range no example fell in is left out."""
+        losses = {}
+        edges = [round(i * self.timesteps / self.loss_buckets)
+                 for i in range(self.loss_buckets + 1)]
+        for low, high in zip(edges[:-1], edges[1:], strict=True):
+            in_range = (t >= low) & (t < high)
+            if in_range.any():
+                losses[f"loss_t{low}_{high - 1}"] = per_example[in_range].mean().detach()
+        return losses
+
+    def draw(self, make: Callable, generator: torch.Generator | None) -> torch.Tensor:
+        """A random tensor on the model's device: from the global RNG there, or from a CPU
+        `generator` (reproducible evaluation)."""
+        if generator is None:
+            with torch.device(self.device):
+                return make(None)
+        return make(generator).to(self.device)
+
+    def drop_labels(self, labels, generator=None):
+        """Each label replaced by the null label (num_classes) with probability
+        label_dropout, in training and evaluation alike (the same objective)."""
+        if labels is None or not self.label_dropout:
+            return labels
+        dropped = self.draw(lambda g: torch.rand(len(labels), generator=g), generator)
+        return torch.where(dropped < self.label_dropout, self.num_classes, labels)
+
+    def validation_step(self, batch, batch_idx):
+        # The same t and noise for a batch at every epoch: the curve shows the model change.
+        generator = torch.Generator().manual_seed(batch_idx)
+        self.log_evaluation_losses(self.losses(batch, generator), "val", len(batch[0]))
+
+    def test_step(self, batch, batch_idx):
+        generator = torch.Generator().manual_seed(batch_idx)
+        self.log_evaluation_losses(self.losses(batch, generator), "test", len(batch[0]))
+
+    # ----- the EMA of the weights -----------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        self._ema_updated_at_step = self.global_step  # a resumed run's EMA is up to date
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # After Lightning's optimizer step; with gradient accumulation, once per step taken.
+        if self.global_step > self._ema_updated_at_step:
+            self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * weights, decay = ema_decay_at(ema_decay, n)
+        for the n-th optimizer step (n = 0 at the first)."""
+        self._ema_updated_at_step = self.global_step
+        if self.network_ema is None:
+            return
+        decay = ema_decay_at(self.ema_decay, self.global_step - 1)
+        torch._foreach_lerp_(list(self.network_ema.parameters()),
+                             list(self.network.parameters()), 1.0 - decay)
+        for ema_buffer, buffer in zip(self.network_ema.buffers(), self.network.buffers(),
+                                      strict=True):
+            ema_buffer.copy_(buffer)
+
+    # ----- sampling: Algorithm 2 and DDIM ---------------------------------------------------
+
+    def sampling_settings(self, steps=None, sampler=None, eta=None, guidance=None,
+                          defaults: dict | None = None) -> dict:
+        """The sampling options, each given or else the model's default, checked."""
+        defaults = defaults or {}
+        settings = {"steps": steps if steps is not None else defaults.get("steps"),
+                    "sampler": sampler if sampler is not None else defaults.get("sampler"),
+                    "eta": eta if eta is not None else defaults.get("eta"),
+                    "guidance": guidance if guidance is not None else defaults.get("guidance")}
+        check_choice("sampler", settings["sampler"], SAMPLERS)
+        sampling_timesteps(self.timesteps, settings["steps"])  # checks steps
+        if type(settings["eta"]) not in (int, float) or settings["eta"] < 0:
+            raise GenmodelsError(f"eta must be a number of at least 0 (0: deterministic DDIM, "
+                                 f"1: DDPM's noise), got {settings['eta']!r}.")
+        if eta not in (None, 0) and settings["sampler"] == "ddpm":
+            raise GenmodelsError(f"eta={eta} applies to sampler=ddim; sampler=ddpm always "
+                                 "adds the posterior's noise (DDIM with eta=1).")
+        if type(settings["guidance"]) not in (int, float):
+            raise GenmodelsError(f"guidance must be a number, got {settings['guidance']!r}.")
+        if settings["guidance"] and self.num_classes is None:
+            raise GenmodelsError(f"guidance={settings['guidance']} needs a class-conditional "
+                                 "model (model.num_classes set); this one is unconditional.")
+        return settings
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               labels: torch.Tensor | list[int] | None = None, steps: int | None = None,
+               sampler: str | None = None, eta: float | None = None,
+               guidance: float | None = None, ema: bool | None = None) -> torch.Tensor:
+        """n images in [-1, 1]. steps (1 .. T), sampler ("ddim" or "ddpm"), eta (DDIM's
+        noise, 0: deterministic) and guidance (classifier-free weight w) default to the
+        model's config (model.sample_steps, sampler, eta, guidance). A conditional model
+        draws the classes in `labels` (by default 0, 1, ..., num_classes - 1, 0, 1, ...).
+        ema: None uses the EMA network when there is one, True insists on it, False takes
+        the trained weights as they are."""
+        settings = self.sampling_settings(steps, sampler, eta, guidance,
+                                          self.sampling_defaults)
+        network = self.sampling_network(ema)
+        labels = self.sampling_labels(n, labels)
+        timesteps = sampling_timesteps(self.timesteps, settings["steps"])
+        noisy = settings["sampler"] == "ddpm" or settings["eta"] > 0
+        x = self.randn(n, *self.image_shape, generator=generator)  # x_T ~ N(0, I)
+        for t, t_prev in zip(timesteps, [*timesteps[1:], -1], strict=True):
+            t_batch = torch.full((n,), t, device=self.device, dtype=torch.long)
+            output = self.guided_output(network, x, t_batch, labels, settings["guidance"])
+            x0 = self.schedule.predicted_x0(self.prediction, x, t_batch, output)
+            if self.clip_x0:
+                x0 = x0.clamp(-1.0, 1.0)
+            abar_t = self.schedule.abar(t_batch)
+            abar_prev = self.schedule.abar(torch.full_like(t_batch, t_prev))
+            z = (self.randn(*x.shape, generator=generator) if noisy and t_prev >= 0
+                 else torch.zeros_like(x))
+            if settings["sampler"] == "ddpm":
+                x = ddpm_step(x, x0, abar_t, abar_prev, z)
+            else:
+                eps = self.schedule.predicted_noise(x, t_batch, x0)  # of the clipped x_0
+                x = ddim_step(x, x0, eps, abar_t, abar_prev, settings["eta"], z)
+        return x.clamp(-1.0, 1.0)
+
+    def guided_output(self, network, x, t, labels, guidance: float) -> torch.Tensor:
+        """The network's output; with labels and a guidance weight w != 0, classifier-free
+        guidance (1 + w) out(x, y) - w out(x, null), in one forward of both halves. (Linear
+        in the output, so guiding v guides eps alike.)"""
+        if labels is None:
+            return network(x, t)
+        if not guidance:
+            return network(x, t, labels)
+        null = torch.full_like(labels, self.num_classes)
+        both = network(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]))
+        conditional, unconditional = both.chunk(2)
+        return (1 + guidance) * conditional - guidance * unconditional
+
+    def sampling_network(self, ema: bool | None) -> nn.Module:
+        if ema and self.network_ema is None:
+            raise GenmodelsError("ema=true needs a model that keeps an EMA of its weights; "
+                                 "this one has none (set model.ema_decay).")
+        use_ema = self.network_ema is not None if ema is None else ema
+        return self.network_ema if use_ema else self.network
+
+    def sampling_labels(self, n: int, labels) -> torch.Tensor | None:
+        if self.num_classes is None:
+            if labels is not None:
+                raise GenmodelsError("labels were given, but this DDPM is not conditional "
+                                     "(set model.num_classes).")
+            return None
+        if labels is None:
+            labels = torch.arange(n) % self.num_classes
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
+            raise GenmodelsError(f"labels must be {n} class indices in [0, "
+                                 f"{self.num_classes}), got {labels.tolist()}.")
+        return labels.to(self.device)
+
+    # ----- data and optimizers ----------------------------------------------------------------
+
+    def real_batch(self, batch):
+        """The images, and their labels when the model is conditional (checked once)."""
+        images, labels = batch
+        if self.num_classes is None:
+            return images, None
+        if not self._labels_checked:
+            self.check_labels(labels)
+        return images, labels
+
+    def on_fit_start(self) -> None:
+        # Every label of an in-memory dataset at once, rather than a failure mid-epoch.
+        splits = getattr(self.trainer.datamodule, "splits", None) or {}
+        if self.num_classes is not None and "train" in splits:
+            self.check_labels(torch.cat([splits[s][1] for s in ("train", "val") if s in splits]))
+
+    def check_labels(self, labels: torch.Tensor) -> None:
+        if labels.min() < 0:
+            raise GenmodelsError("A class-conditional DDPM needs class labels, but this "
+                                 "dataset has none (labels are -1); use a labelled dataset "
+                                 "such as digits, mnist, fashion or cifar10.")
+        if labels.max() >= self.num_classes:
+            raise GenmodelsError(f"The dataset has labels up to {int(labels.max())}, but "
+                                 f"model.num_classes is {self.num_classes}: set "
+                                 f"model.num_classes={int(labels.max()) + 1}.")
+        self._labels_checked = True
+
+    def configure_optimizers(self):
+        """The optimizer on the network's weights (the EMA copy is not trained)."""
+        if self.optimizer_factory is None:
+            raise GenmodelsError(
+                "The model config has no `optimizer` (a `_partial_` torch.optim entry).")
+        optimizer = self.optimizer_factory(self.network.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
