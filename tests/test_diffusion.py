@@ -24,7 +24,7 @@ from genmodels.nn.diffusion import (
     posterior_mean_variance,
     sampling_timesteps,
 )
-from genmodels.nn.unet import SelfAttention, timestep_embedding
+from genmodels.nn.unet import ResidualBlock, SelfAttention, timestep_embedding
 
 from .conftest import TINY, compose_config
 from .test_generate_evaluate import tool_config
@@ -47,7 +47,7 @@ def tiny_network(num_classes=None, image_size=8, seed=0) -> UNet:
     input, in eval mode (no dropout): a deterministic stand-in for a trained network."""
     torch.manual_seed(seed)
     network = UNet(channels=1, image_size=image_size, widths=[8, 16], num_res_blocks=1,
-                   num_classes=num_classes)
+                   num_classes=num_classes, norm_groups=4)
     for parameter in network.parameters():
         torch.nn.init.normal_(parameter, std=0.1)
     return network.eval()
@@ -288,18 +288,19 @@ class RecordWeights(L.Callback):
 
 
 def test_the_ema_follows_each_optimizer_step_with_its_warm_up(tmp_path):
-    cfg = compose_config(["model=ddpm", *TINY_UNET, "model.ema_decay=0.2",
+    cfg = compose_config(["model=ddpm", *TINY_UNET, "model.ema_decay=0.25",
                           "dataset.batch_size=8", "dataset.image_size=8"], tmp_path)
     model, recorder = build(cfg.model), RecordWeights()
     L.Trainer(max_steps=4, limit_val_batches=0, logger=False, callbacks=[recorder],
               enable_checkpointing=False, enable_progress_bar=False,
               enable_model_summary=False, accelerator="cpu").fit(model, build(cfg.dataset))
-    expected = recorder.weights[0]
-    for step, weights in enumerate(recorder.weights[1:]):  # decay 0.1, 2/11, 0.2, 0.2
-        decay = min(0.2, (1 + step) / (10 + step))
+    start = expected = recorder.weights[0]
+    for step, weights in enumerate(recorder.weights[1:]):  # decay 0.1, 2/11, 0.25, 0.25
+        decay = min(0.25, (1 + step) / (10 + step))
         expected = [decay * e + (1 - decay) * w for e, w in zip(expected, weights, strict=True)]
-    for ema, want in zip(model.network_ema.parameters(), expected, strict=True):
-        torch.testing.assert_close(ema, want)
+    # How far each weight moved from the start, which the decays set (steps are ~1e-3).
+    for ema, want, first in zip(model.network_ema.parameters(), expected, start, strict=True):
+        torch.testing.assert_close(ema - first, want - first, rtol=1e-3, atol=1e-7)
     assert not torch.equal(next(model.network_ema.parameters()), recorder.weights[-1][0])
 
 
@@ -325,19 +326,35 @@ def test_timestep_embedding_is_the_transformers_sinusoid():
     torch.testing.assert_close(embedding, torch.tensor(expected))
 
 
+def test_every_residual_block_of_the_unet_gets_the_timestep():
+    network = tiny_network()
+    blocks = [m for m in network.modules() if isinstance(m, ResidualBlock)]
+    outputs = {block: [] for block in blocks}
+    for block in blocks:
+        block.register_forward_hook(lambda module, args, out: outputs[module].append(out))
+    x = torch.randn(1, 1, 8, 8)
+    network(x, torch.tensor([0]))
+    network(x, torch.tensor([500]))
+    # the first block sees the same input at both t: only the embedding tells them apart
+    assert all(not torch.allclose(*outputs[block]) for block in blocks)
+
+
 def test_unet_keeps_any_image_size_and_puts_attention_where_asked():
     for size, sides in ((28, [28, 14, 7]), (32, [32, 16, 8]), (15, [15, 8, 4])):
-        network = UNet(channels=3, image_size=size, widths=[8, 8, 16], num_res_blocks=1)
+        network = UNet(channels=3, image_size=size, widths=[8, 8, 16], num_res_blocks=1,
+                       norm_groups=4)
         assert network.sides == sides
         out = network(torch.randn(2, 3, size, size), torch.tensor([0, 999]))
         assert out.shape == (2, 3, size, size)
     # null: the lowest level (1 block down, 2 up) plus the middle's
-    lowest = UNet(channels=1, image_size=28, widths=[8, 16, 16], num_res_blocks=1)
+    lowest = UNet(channels=1, image_size=28, widths=[8, 16, 16], num_res_blocks=1,
+                  norm_groups=4)
     assert sum(isinstance(m, SelfAttention) for m in lowest.modules()) == 1 + 1 + 2
     both = UNet(channels=1, image_size=28, widths=[8, 16, 16], num_res_blocks=2,
-                attention_resolutions=[14, 7])
+                attention_resolutions=[14, 7], norm_groups=4)
     assert sum(isinstance(m, SelfAttention) for m in both.modules()) == 1 + 2 * (2 + 3)
-    none = UNet(channels=1, image_size=28, widths=[8, 16], attention_resolutions=[])
+    none = UNet(channels=1, image_size=28, widths=[8, 16], attention_resolutions=[],
+                norm_groups=4)
     assert sum(isinstance(m, SelfAttention) for m in none.modules()) == 1
 
 
@@ -418,7 +435,8 @@ def test_train_draws_sample_grids_and_generate_samples_the_run(tmp_path):
     (["model.label_dropout=0.1"], "label_dropout must be in"),
     (["model.network.attention_resolutions=[5]"],
      r"no level has side \[5\]; this U-Net's levels have sides \[28, 14, 7\]"),
-    (["model.network.widths=[12,24]"], "must be divisible by model.network.norm_groups=8"),
+    (["model.network.widths=[10,20]"], "must be divisible by model.network.norm_groups=4"),
+    (["model.network.widths=[4,8]"], "into groups of at least 2 channels"),
     (["model.num_classes=10", "model.network.num_classes=null"],
      "model.num_classes=10 but the network's num_classes is None"),
 ])

@@ -113,6 +113,8 @@ class UNet(nn.Module):
     - `attention_resolutions`: the sides of the levels that get self-attention after each
       residual block, e.g. [16] for 32x32 images as in Ho et al.; null: the lowest level
       only; []: none. The middle (res, attention, res) always has it.
+    - `norm_groups`: the groups of every group norm, each of at least 2 channels (Ho et
+      al.: 32); the time embedding lives in the differences between a group's channels.
     - `num_classes`: a learned label embedding is added to the time embedding; label
       index `num_classes` is the null label of classifier-free guidance (dropped labels).
     """
@@ -129,9 +131,12 @@ class UNet(nn.Module):
                                  f"whole numbers, got {widths}.")
         if not 0 <= dropout < 1:
             raise GenmodelsError(f"model.network.dropout must be in [0, 1), got {dropout!r}.")
-        if any(w % norm_groups for w in widths):
+        if any(w % norm_groups or w // norm_groups < 2 for w in widths):
+            # One channel per group normalizes each channel alone, which erases the time
+            # embedding: it is one constant per channel, added just before a group norm.
             raise GenmodelsError(f"Each of model.network.widths={widths} must be divisible by "
-                                 f"model.network.norm_groups={norm_groups} (group norm).")
+                                 f"model.network.norm_groups={norm_groups} (group norm) into "
+                                 f"groups of at least 2 channels.")
         if num_classes is not None:
             check_whole_number("model.num_classes", num_classes, 2)
         self.sides = [image_size]  # the side of each level's feature maps
