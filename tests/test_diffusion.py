@@ -413,7 +413,7 @@ def test_train_draws_sample_grids_and_generate_samples_the_run(tmp_path):
                                        "sample_steps=3", "guidance=2.0"))
     with np.load(ddim_npz) as saved:
         assert not np.array_equal(saved["images"], np.load(npz)["images"])
-    with pytest.raises(GenmodelsError, match="steps must be a whole number from 1 to "
+    with pytest.raises(GenmodelsError, match="must be a whole number from 1 to "
                                              "model.timesteps=1000, got 5000"):
         generate(tool_config("generate", f"run={run_dir}", "num=2", "sample_steps=5000"))
 
@@ -426,8 +426,9 @@ def test_train_draws_sample_grids_and_generate_samples_the_run(tmp_path):
      "Unknown model.schedule 'quadratic'; valid choices: linear, cosine."),
     (["model.prediction=x0"], "Unknown model.prediction 'x0'; valid choices: epsilon, v."),
     (["model.sampler=euler"], "Unknown sampler 'euler'; valid choices: ddim, ddpm."),
-    (["model.sample_steps=0"], "steps must be a whole number from 1 to model.timesteps=1000"),
-    (["model.sample_steps=1001"], "steps must be a whole number from 1 to model.timesteps"),
+    (["model.sample_steps=0"],
+     "sampling steps .* must be a whole number from 1 to model.timesteps=1000"),
+    (["model.sample_steps=1001"], "must be a whole number from 1 to model.timesteps"),
     (["model.timesteps=1"], "model.timesteps must be a whole number of at least 2"),
     (["model.guidance=1.0"], "guidance=1.0 needs a class-conditional model"),
     (["model.value_range=[0.0,1.0]"], r"set model.value_range=\[-1.0,1.0\]"),

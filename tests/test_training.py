@@ -20,8 +20,11 @@ from genmodels.jobs.train import train
 
 from .conftest import FAST, SMALL_DCGAN, run_train
 
-MODELS = ["ae", "vae", "dcgan"]
-MAIN_LOSS = {"ae": "train/loss_step", "vae": "train/loss_step", "dcgan": "train/d_loss_step"}
+MODELS = ["ae", "vae", "dcgan", "ddpm"]
+MAIN_LOSS = {"ae": "train/loss_step", "vae": "train/loss_step", "dcgan": "train/d_loss_step",
+             "ddpm": "train/loss_step"}
+# The same code paths at a fraction of the cost: a narrow U-Net, grids in 4 DDIM steps.
+SMALL = {"ddpm": ["model.network.widths=[8,16]", "model.sample_steps=4"]}
 
 
 def read_metrics(output_dir: Path) -> list[dict[str, str]]:
@@ -60,7 +63,8 @@ def dataset_args(name: str, folder: Path) -> list[str]:
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("dataset", ["digits", "folder"])
 def test_every_model_learns_on_every_offline_dataset(model, dataset, image_folder, make_config):
-    cfg = make_config(f"model={model}", *dataset_args(dataset, image_folder), *FAST,
+    cfg = make_config(f"model={model}", *SMALL.get(model, []),
+                      *dataset_args(dataset, image_folder), *FAST,
                       "logger=csv", "trainer.max_epochs=3", "trainer.log_every_n_steps=1",
                       "trainer.limit_train_batches=12", "callbacks.image_grids.save_dir=null")
     metrics = train(cfg)

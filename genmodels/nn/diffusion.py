@@ -112,8 +112,9 @@ def sampling_timesteps(timesteps: int, steps: int) -> list[int]:
     """`steps` indices from T-1 down to 0, evenly spaced (all of them when steps = T): the
     subsequence tau of DDIM (Song et al., sec. 4.2) and of respaced DDPM sampling."""
     if type(steps) is not int or not 1 <= steps <= timesteps:
-        raise GenmodelsError(f"steps must be a whole number from 1 to model.timesteps="
-                             f"{timesteps}, got {steps!r}.")
+        raise GenmodelsError(f"The sampling steps (model.sample_steps, sample_steps= of "
+                             f"generate.py, steps= of sample()) must be a whole number from 1 "
+                             f"to model.timesteps={timesteps}, got {steps!r}.")
     if steps == 1:
         return [timesteps - 1]
     return torch.linspace(timesteps - 1, 0, steps, dtype=torch.float64).round().long().tolist()
