@@ -13,6 +13,7 @@ from genmodels.config import build
 from genmodels.data import DigitsDataModule
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.generate import generate
+from genmodels.jobs.likelihood import main as likelihood_main
 from genmodels.jobs.train import train
 from genmodels.models import DDPM
 from genmodels.models.diffusion import ema_decay_at
@@ -21,6 +22,8 @@ from genmodels.nn.diffusion import (
     NoiseSchedule,
     ddim_step,
     ddpm_step,
+    discretized_gaussian_log_likelihood,
+    normal_kl,
     posterior_mean_variance,
     sampling_timesteps,
 )
@@ -416,6 +419,111 @@ def test_train_draws_sample_grids_and_generate_samples_the_run(tmp_path):
     with pytest.raises(GenmodelsError, match="must be a whole number from 1 to "
                                              "model.timesteps=1000, got 5000"):
         generate(tool_config("generate", f"run={run_dir}", "num=2", "sample_steps=5000"))
+
+
+# ----- the variational bound ----------------------------------------------------------------
+
+
+def test_normal_kl_and_the_discretized_decoder_are_their_closed_forms():
+    mean1, var1, mean2, var2 = (torch.tensor([0.3, -1.0]), torch.tensor([0.5, 2.0]),
+                                torch.tensor([0.0, 0.5]), torch.tensor([1.0, 0.1]))
+    expected = torch.distributions.kl_divergence(torch.distributions.Normal(mean1, var1.sqrt()),
+                                                 torch.distributions.Normal(mean2, var2.sqrt()))
+    torch.testing.assert_close(normal_kl(mean1, var1, mean2, var2), expected)
+    # The 256 values of 8-bit data in [-1, 1] have probabilities summing to 1 ...
+    values = torch.arange(256, dtype=torch.float64) / 255 * 2 - 1
+    for mean, std in ((0.0, 0.5), (0.9, 0.01), (-1.2, 0.3)):
+        log_p = discretized_gaussian_log_likelihood(values, torch.tensor(mean), torch.tensor(std))
+        assert log_p.exp().sum().item() == pytest.approx(1.0, abs=1e-9)
+    # ... each the normal's mass over its bin, the edge bins reaching to infinity.
+    normal = torch.distributions.Normal(torch.tensor(0.2, dtype=torch.float64), 0.4)
+    inner = values[100]
+    assert log_p is not None and discretized_gaussian_log_likelihood(
+        inner, torch.tensor(0.2), torch.tensor(0.4)).exp().item() == pytest.approx(
+        (normal.cdf(inner + 1 / 255) - normal.cdf(inner - 1 / 255)).item())
+    assert discretized_gaussian_log_likelihood(
+        torch.tensor(1.0), torch.tensor(0.2), torch.tensor(0.4)).exp().item() == pytest.approx(
+        1 - normal.cdf(torch.tensor(1 - 1 / 255, dtype=torch.float64)).item())
+
+
+def test_the_bound_of_a_network_that_knows_x0_is_its_prior_and_decoder_terms():
+    """Data = one image x0; a network that predicts the true noise makes every KL of the
+    diffusion 0, leaving L_T = KL(N(sqrt(abar_T) x0, 1 - abar_T) || N(0, 1)) and the decoder's
+    -log of N(x0, beta tilde_2)'s mass on x0's bin, per pixel value."""
+    values = torch.tensor([0, 3, 128, 200, 255]).repeat(13)[:64]
+    x0 = (values.float() / 255 * 2 - 1).view(1, 1, 8, 8)
+
+    class Oracle(torch.nn.Module):
+        num_classes = None
+
+        def __init__(self, schedule):
+            super().__init__()
+            self.schedule = schedule
+
+        def forward(self, x_t, t):
+            return self.schedule.predicted_noise(x_t, t, x0.double()).float()
+
+    model = tiny_ddpm(timesteps=50, schedule="linear")
+    model.network = Oracle(model.schedule)
+    bound = model.variational_bound(x0, torch.Generator().manual_seed(0))
+    abar = model.schedule.alphas_cumprod.double()
+    prior = torch.distributions.kl_divergence(
+        torch.distributions.Normal(abar[-1].sqrt() * x0.double(), (1 - abar[-1]).sqrt()),
+        torch.distributions.Normal(0.0, 1.0)).sum()
+    std = ((1 - abar[0]) / (1 - abar[1]) * (1 - abar[1] / abar[0])).sqrt()
+    normal, x = torch.distributions.Normal(x0.double(), std), x0.double()
+    upper = torch.where(x > 1 - 1e-6, 1.0, normal.cdf(x + 1 / 255))
+    lower = torch.where(x < -1 + 1e-6, 0.0, normal.cdf(x - 1 / 255))
+    decoder = -(upper - lower).log().sum()
+    assert bound["diffusion"].item() == pytest.approx(0.0, abs=1e-3)
+    assert bound["prior"].item() == pytest.approx(prior.item(), rel=1e-4)
+    assert bound["decoder"].item() == pytest.approx(decoder.item(), rel=1e-4)
+    assert bound["total"].item() == pytest.approx((prior + decoder).item(), rel=1e-3)
+
+
+def test_each_kl_of_the_bound_is_between_the_posterior_and_the_samplers_step():
+    model = tiny_ddpm(timesteps=20, schedule="cosine")
+    torch.manual_seed(0)
+    x0, noise, t = torch.rand(2, 1, 8, 8) * 2 - 1, torch.randn(2, 1, 8, 8), 7
+    t_batch = torch.full((2,), t)
+    x_t = model.schedule.q_sample(x0, t_batch, noise)
+    predicted = model.schedule.predicted_x0("epsilon", x_t, t_batch,
+                                            model.network(x_t, t_batch)).clamp(-1, 1)
+    abar = model.schedule.alphas_cumprod.double()
+    beta = 1 - abar[t] / abar[t - 1]
+    variance = (1 - abar[t - 1]) / (1 - abar[t]) * beta
+
+    def mean(x_start):
+        return (abar[t - 1].sqrt() * beta / (1 - abar[t]) * x_start.double()
+                + (1 - beta).sqrt() * (1 - abar[t - 1]) / (1 - abar[t]) * x_t.double())
+
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean(x0), variance.sqrt()),
+        torch.distributions.Normal(mean(predicted), variance.sqrt())).flatten(1).sum(1)
+    torch.testing.assert_close(model.bound_term(model.network, x0, t, noise, None),
+                               expected.float(), rtol=1e-4, atol=1e-4)
+    # The diffusion part of the bound sums the terms of t = 1 .. T-1 (the papers' L_1 ..
+    # L_{T-1}), each once, at fresh noise: here the same draws, replayed.
+    generator = torch.Generator().manual_seed(3)
+    draws = torch.Generator().manual_seed(3)
+    terms = [model.bound_term(model.network, x0, step, torch.randn(x0.shape, generator=draws),
+                              None) for step in range(1, 20)]
+    torch.testing.assert_close(model.variational_bound(x0, generator)["diffusion"],
+                               sum(terms), rtol=1e-5, atol=1e-5)
+
+
+def test_the_likelihood_job_prints_a_ddpm_runs_bound_in_bits_per_dim(tmp_path, capsys):
+    run_dir = tmp_path / "ddpm"
+    train(compose_config(["model=ddpm", *TINY_UNET, *TINY, "model.timesteps=30",
+                          "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                          "trainer.limit_val_batches=1"], run_dir))
+    likelihood_main([str(run_dir), "--split", "test", "--limit", "6"])
+    printed = capsys.readouterr().out
+    assert printed.startswith("test: 6 images, variational bound "), printed
+    nats = float(printed.split("variational bound ")[1].split()[0])
+    bits = float(printed.split("nats per image, ")[1].split()[0])
+    assert bits == pytest.approx(nats / (28 * 28 * math.log(2)), rel=1e-3)
+    assert 0 < bits < 10
 
 
 # ----- refusals ----------------------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""The ELBO and importance-sampled NLL of a trained VAE on one of its dataset's splits,
-from the command line (the bound itself is genmodels/metrics/likelihood.py):
+"""The ELBO and importance-sampled NLL of a trained VAE on one of its dataset's splits, or
+the variational bound of a trained diffusion model, from the command line (the bounds
+themselves are genmodels/metrics/likelihood.py):
 
     python -m genmodels.jobs.likelihood logs/runs/<run> --k 1000 --split val
+    python -m genmodels.jobs.likelihood logs/runs/<ddpm run> --split test
 """
 
 import argparse
@@ -13,7 +15,7 @@ from genmodels.config import build
 from genmodels.engine.config_in_checkpoint import ConfigInCheckpoint
 from genmodels.engine.runs import find_checkpoint, load_model
 from genmodels.errors import GenmodelsError
-from genmodels.metrics.likelihood import importance_sampled_nll, negative_elbo
+from genmodels.metrics.likelihood import diffusion_bound, importance_sampled_nll, negative_elbo
 
 
 def split_images(run: str, split: str) -> torch.Tensor:
@@ -31,9 +33,11 @@ def split_images(run: str, split: str) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m genmodels.jobs.likelihood",
-        description="ELBO and importance-sampled NLL (nats per image) of a trained VAE.")
+        description="ELBO and importance-sampled NLL (nats per image) of a trained VAE, "
+                    "or the variational bound (nats per image, bits/dim) of a diffusion model.")
     parser.add_argument("run", help="run directory or checkpoint file")
-    parser.add_argument("--k", type=int, default=1000, help="importance samples per image")
+    parser.add_argument("--k", type=int, default=1000,
+                        help="importance samples per image (VAEs)")
     parser.add_argument("--split", default="val", help="val, test or train")
     parser.add_argument("--limit", type=int, default=None, help="use the first N images only")
     parser.add_argument("--batch-size", type=int, default=20000,
@@ -47,6 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     except GenmodelsError as error:
         raise SystemExit(f"Error: {error}") from None
     torch.manual_seed(args.seed)
+    if hasattr(model, "variational_bound"):  # a diffusion model
+        start = time.perf_counter()
+        bound = diffusion_bound(model, images, generator=torch.Generator().manual_seed(args.seed))
+        print(f"{args.split}: {len(images)} images, variational bound {bound['total']:.2f} "
+              f"nats per image, {bound['bits_per_dim']:.4f} bits/dim (prior "
+              f"{bound['prior']:.3f}, diffusion {bound['diffusion']:.2f}, decoder "
+              f"{bound['decoder']:.2f}; {time.perf_counter() - start:.0f} s)")
+        return
     generator = torch.Generator(device=model.device).manual_seed(args.seed)
     start = time.perf_counter()
     elbo = negative_elbo(model, images)

@@ -23,6 +23,9 @@ from genmodels.nn.diffusion import (
     check_choice,
     ddim_step,
     ddpm_step,
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+    posterior_mean_variance,
     sampling_timesteps,
 )
 
@@ -294,6 +297,59 @@ class DDPM(GenerativeModel):
             raise GenmodelsError(f"labels must be {n} class indices in [0, "
                                  f"{self.num_classes}), got {labels.tolist()}.")
         return labels.to(self.device)
+
+    # ----- the variational bound on the likelihood ---------------------------------------------
+
+    @torch.no_grad()
+    def variational_bound(self, x0: torch.Tensor, generator: torch.Generator | None = None,
+                          ema: bool | None = None) -> dict[str, torch.Tensor]:
+        """The terms of Ho et al.'s bound (eq. 5) on -log p(x_0), in nats per image (N,):
+            prior     L_T = KL(q(x_T | x_0) || N(0, I)),
+            diffusion sum over t = 2 .. T of L_{t-1} = KL(q(x_{t-1} | x_t, x_0) ||
+                      p(x_{t-1} | x_t)), each at one x_t ~ q(x_t | x_0),
+            decoder   L_0 = -log p(x_0 | x_1), the discretized Gaussian of eq. 13,
+        and their sum `total`. p(x_{t-1} | x_t) is the sampler's: the posterior at the
+        predicted (clipped, with clip_x0) x_0, with variance beta tilde_t; the decoder's
+        variance is beta tilde_2, as Ho et al.'s code clips the 0 of beta tilde_1. It costs
+        T network evaluations. The network is the one `sample` uses (`ema`); a conditional
+        model is scored unconditionally, with the null label."""
+        network = self.sampling_network(ema)
+        x0 = x0.to(self.device)
+        labels = (torch.full((len(x0),), self.num_classes, device=self.device)
+                  if self.num_classes is not None else None)
+        last = torch.full((len(x0),), self.timesteps - 1, device=self.device)
+        abar_last, x0_64 = self.schedule.abar(last).double(), x0.double()
+        prior = normal_kl(abar_last.sqrt() * x0_64, 1 - abar_last, torch.zeros_like(x0_64),
+                          torch.ones_like(x0_64)).flatten(1).sum(1).float()
+        diffusion = torch.zeros(len(x0), device=self.device)
+        for t in range(1, self.timesteps):
+            noise = self.randn(*x0.shape, generator=generator)
+            diffusion += self.bound_term(network, x0, t, noise, labels)
+        decoder = self.bound_term(network, x0, 0, self.randn(*x0.shape, generator=generator),
+                                  labels)
+        return {"prior": prior, "diffusion": diffusion, "decoder": decoder,
+                "total": prior + diffusion + decoder}
+
+    def bound_term(self, network, x0, t: int, noise, labels) -> torch.Tensor:
+        """L_t of the bound at index t (the papers' L_{t-1} at their t = index + 1), per
+        image: the KL for t >= 1, the decoder's -log p(x_0 | x_1) at t = 0."""
+        t_batch = torch.full((len(x0),), t, device=self.device, dtype=torch.long)
+        x_t = self.schedule.q_sample(x0, t_batch, noise)
+        output = network(x_t, t_batch, labels) if labels is not None else network(x_t, t_batch)
+        predicted = self.schedule.predicted_x0(self.prediction, x_t, t_batch, output.float())
+        if self.clip_x0:
+            predicted = predicted.clamp(-1.0, 1.0)
+        # In float64: the KLs divide by variances down to ~1e-5 (beta tilde at small t).
+        x0, x_t, predicted = x0.double(), x_t.double(), predicted.double()
+        abar_t = self.schedule.abar(t_batch).double()
+        abar_prev = self.schedule.abar(t_batch - 1).double()
+        model_mean, _ = posterior_mean_variance(predicted, x_t, abar_t, abar_prev)
+        if t == 0:
+            std = self.schedule.posterior_variance(t_batch + 1).double().sqrt()
+            nll = -discretized_gaussian_log_likelihood(x0, model_mean, std)
+            return nll.flatten(1).sum(1).float()
+        true_mean, variance = posterior_mean_variance(x0, x_t, abar_t, abar_prev)
+        return normal_kl(true_mean, variance, model_mean, variance).flatten(1).sum(1).float()
 
     # ----- data and optimizers ----------------------------------------------------------------
 

@@ -102,6 +102,12 @@ class NoiseSchedule(nn.Module):
             return (x_t - (1 - abar).sqrt() * output) / abar.sqrt()
         return abar.sqrt() * x_t - (1 - abar).sqrt() * output
 
+    def posterior_variance(self, t: torch.Tensor) -> torch.Tensor:
+        """Ho et al.'s beta tilde at indices t, (1 - abar_{t-1}) / (1 - abar_t) beta_t
+        (0 at t = 0), shaped (N, 1, 1, 1)."""
+        abar, abar_prev = self.abar(t), self.abar(t - 1)
+        return (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
+
     def predicted_noise(self, x_t, t, x0) -> torch.Tensor:
         """The noise that makes x_t from x_0: (x_t - sqrt(abar) x_0) / sqrt(1 - abar)."""
         abar = self.abar(t)
@@ -153,3 +159,27 @@ def ddim_step(x_t, x0, eps, abar_t, abar_prev, eta: float, noise) -> torch.Tenso
     sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
     direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
     return abar_prev.sqrt() * x0 + direction + sigma * noise
+
+
+# ----- the variational bound (Ho et al., eq. 5) ---------------------------------------------
+
+# Data in [-1, 1] holds 8-bit values: 256 bins of width 2/255, centred on the values.
+HALF_BIN = 1 / 255
+
+
+def normal_kl(mean1, var1, mean2, var2) -> torch.Tensor:
+    """KL(N(mean1, var1) || N(mean2, var2)) per element, in nats."""
+    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1)
+
+
+def discretized_gaussian_log_likelihood(x, mean, std) -> torch.Tensor:
+    """log p(x) per element of Ho et al.'s decoder (eq. 13): N(mean, std^2) integrated over
+    the bin of x, [x - 1/255, x + 1/255], with the edge bins reaching to -inf and +inf, for
+    x on the 256 values of 8-bit data scaled to [-1, 1]."""
+    x, mean, std = (torch.as_tensor(v, dtype=torch.float64) for v in (x, mean, std))
+    normal = torch.distributions.Normal(mean, std)
+    upper = torch.where(x > 1 - HALF_BIN, 1.0, normal.cdf(x + HALF_BIN))
+    lower = torch.where(x < -1 + HALF_BIN, 0.0, normal.cdf(x - HALF_BIN))
+    # Float64 CDFs; a bin more than ~7 standard deviations away from the mean gets 1e-12
+    # (as in Nichol & Dhariwal's code) rather than a log of 0.
+    return (upper - lower).clamp(min=1e-12).log()
