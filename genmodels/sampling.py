@@ -58,8 +58,8 @@ def sampling_options(model, labels=None, temperature: float = 1.0,
     if ema and all(getattr(model, kept, None) is None
                    for kept in ("generator_ema", "network_ema")):
         raise GenmodelsError(f"ema=true needs a model that keeps an EMA copy of its "
-                             f"weights (a GAN or DDPM with model.ema_decay set); this {name} "
-                             "has none.")
+                             f"generator or network (a GAN or DDPM with model.ema_decay "
+                             f"set); this {name} has none.")
     return options
 
 
