@@ -4,6 +4,7 @@ Every option is a Hydra config under conf/; `python train.py --help` lists them.
 """
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -71,6 +72,10 @@ def run() -> None:
         check_overrides_compose(str(Path(__file__).parent / "conf"), "config", sys.argv[1:])
     except GenmodelsError as error:
         sys.exit(f"Error: {error}")
+    if "hydra/launcher=slurm" in sys.argv[1:] and shutil.which("srun") is None:
+        # submitit's own refusal is a traceback, after the sweep's directory is made.
+        sys.exit("Error: hydra/launcher=slurm submits the jobs to SLURM, whose srun is not "
+                 "on this machine: start the sweep on the cluster's login node.")
     stop_on_sigterm()  # outside Lightning's fit: a start is cleaned up, a sweep's tables written
     try:
         main()
