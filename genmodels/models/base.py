@@ -38,6 +38,41 @@ def check_output_range(activation: nn.Module, value_range, network: str, key: st
         f"the images are scaled to: set {key}={fitting}"
         + (f", or set model.value_range={[low, high]}." if bounded else "."))
 
+
+class ClassConditional:
+    """The labels of a class-conditional model (`num_classes`; None: unconditional),
+    checked before they index an embedding: every label of an in-memory dataset when fit
+    starts (a bad one deep in the data would stop training mid-epoch with an indexing
+    error), else a batch's until one passes. The GAN and DDPM families share it."""
+
+    num_classes: int | None = None
+    _labels_checked = False
+
+    def real_batch(self, batch):
+        """The images, and their labels when the model is conditional."""
+        images, labels = batch
+        if self.num_classes is None:
+            return images, None
+        if not self._labels_checked:
+            self.check_labels(labels)
+        return images, labels
+
+    def on_fit_start(self) -> None:
+        splits = getattr(self.trainer.datamodule, "splits", None) or {}
+        if self.num_classes is not None and "train" in splits:
+            self.check_labels(torch.cat([splits[s][1] for s in ("train", "val") if s in splits]))
+
+    def check_labels(self, labels: torch.Tensor) -> None:
+        if labels.min() < 0:
+            raise GenmodelsError(f"A conditional {type(self).__name__} needs class labels, but "
+                                 "this dataset has none (labels are -1); use a labelled "
+                                 "dataset such as digits, mnist, fashion or cifar10.")
+        if labels.max() >= self.num_classes:
+            raise GenmodelsError(f"The dataset has labels up to {int(labels.max())}, but "
+                                 f"model.num_classes is {self.num_classes}: set "
+                                 f"model.num_classes={int(labels.max()) + 1} or fix the labels.")
+        self._labels_checked = True
+
 class WatchedForDivergence(L.LightningModule):
     """What the engine's DivergenceGuard reads from a model it guards: the values its
     `training_step` returns under "log" that it watches, how the message names them and

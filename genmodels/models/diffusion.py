@@ -15,7 +15,7 @@ from torch import nn
 
 from genmodels.config import check_whole_number
 from genmodels.errors import GenmodelsError
-from genmodels.models.base import GenerativeModel
+from genmodels.models.base import ClassConditional, GenerativeModel
 from genmodels.nn.diffusion import (
     PREDICTIONS,
     SAMPLERS,
@@ -37,7 +37,7 @@ def ema_decay_at(ema_decay: float, updates: int) -> float:
     return min(ema_decay, (1 + updates) / (10 + updates))
 
 
-class DDPM(GenerativeModel):
+class DDPM(ClassConditional, GenerativeModel):
     """A network learns to undo Gaussian noise added over T steps; sampling runs it from
     pure noise back to an image.
 
@@ -106,7 +106,6 @@ class DDPM(GenerativeModel):
                                                         eta=eta, guidance=guidance,
                                                         defaults=None)
         self._ema_updated_at_step = 0  # the global_step of the EMA's last update
-        self._labels_checked = False
 
     @property
     def timesteps(self) -> int:
@@ -351,33 +350,7 @@ class DDPM(GenerativeModel):
         true_mean, variance = posterior_mean_variance(x0, x_t, abar_t, abar_prev)
         return normal_kl(true_mean, variance, model_mean, variance).flatten(1).sum(1).float()
 
-    # ----- data and optimizers ----------------------------------------------------------------
-
-    def real_batch(self, batch):
-        """The images, and their labels when the model is conditional (checked once)."""
-        images, labels = batch
-        if self.num_classes is None:
-            return images, None
-        if not self._labels_checked:
-            self.check_labels(labels)
-        return images, labels
-
-    def on_fit_start(self) -> None:
-        # Every label of an in-memory dataset at once, rather than a failure mid-epoch.
-        splits = getattr(self.trainer.datamodule, "splits", None) or {}
-        if self.num_classes is not None and "train" in splits:
-            self.check_labels(torch.cat([splits[s][1] for s in ("train", "val") if s in splits]))
-
-    def check_labels(self, labels: torch.Tensor) -> None:
-        if labels.min() < 0:
-            raise GenmodelsError("A class-conditional DDPM needs class labels, but this "
-                                 "dataset has none (labels are -1); use a labelled dataset "
-                                 "such as digits, mnist, fashion or cifar10.")
-        if labels.max() >= self.num_classes:
-            raise GenmodelsError(f"The dataset has labels up to {int(labels.max())}, but "
-                                 f"model.num_classes is {self.num_classes}: set "
-                                 f"model.num_classes={int(labels.max()) + 1}.")
-        self._labels_checked = True
+    # ----- optimizers ---------------------------------------------------------------------------
 
     def configure_optimizers(self):
         """The optimizer on the network's weights (the EMA copy is not trained)."""

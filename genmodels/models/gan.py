@@ -12,7 +12,12 @@ import torch
 from torch import nn
 
 from genmodels.errors import GenmodelsError
-from genmodels.models.base import GenerativeModel, check_latent_size, check_output_range
+from genmodels.models.base import (
+    ClassConditional,
+    GenerativeModel,
+    check_latent_size,
+    check_output_range,
+)
 from genmodels.nn.gan_layers import ReplayBuffer, spectral_normalize, uses_batch_statistics
 from genmodels.nn.gan_losses import (
     PENALTIES,
@@ -32,7 +37,7 @@ log = logging.getLogger(__name__)
 EMA_STATISTICS_IMAGES, EMA_STATISTICS_BATCH = 512, 128
 
 
-class GAN(GenerativeModel):
+class GAN(ClassConditional, GenerativeModel):
     """A generator G(z) and a discriminator D(x) (one raw output per image) trained in turn.
 
     Each batch runs the classic two-phase loop with Lightning's manual optimization:
@@ -134,7 +139,6 @@ class GAN(GenerativeModel):
         if ema_decay is not None:
             self.generator_ema = copy.deepcopy(generator).requires_grad_(False)
         self._ema_statistics_stale = False  # the EMA weights moved since its BN statistics
-        self._labels_checked = False
         self._growth_checked = False  # the growth schedule fitted to (or checked against) the run
         self._progressive = None
 
@@ -427,32 +431,6 @@ class GAN(GenerativeModel):
         discriminator = self.progressive_networks()[-1]
         return fade_real_images(real, discriminator.stage, discriminator.alpha)
 
-    def real_batch(self, batch):
-        """The real images, and their labels when the GAN is conditional (checked once)."""
-        images, labels = batch
-        if self.num_classes is None:
-            return images, None
-        if not self._labels_checked:
-            self.check_labels(labels)
-        return images, labels
-
-    def on_fit_start(self) -> None:
-        # Every label of an in-memory dataset at once: a bad one deep in the data would
-        # otherwise stop training mid-epoch with an indexing error.
-        splits = getattr(self.trainer.datamodule, "splits", None) or {}
-        if self.num_classes is not None and "train" in splits:
-            self.check_labels(torch.cat([splits[s][1] for s in ("train", "val") if s in splits]))
-
-    def check_labels(self, labels: torch.Tensor) -> None:
-        if labels.min() < 0:
-            raise GenmodelsError("A conditional GAN needs class labels, but this dataset "
-                                 "has none (labels are -1); use a labelled dataset such "
-                                 "as digits, mnist, fashion or cifar10.")
-        if labels.max() >= self.num_classes:
-            raise GenmodelsError(f"The dataset has labels up to {int(labels.max())}, but "
-                                 f"model.num_classes is {self.num_classes}: set "
-                                 f"model.num_classes={int(labels.max()) + 1} or fix the labels.")
-        self._labels_checked = True
 
     # ----- step counting ---------------------------------------------------------------------
 
