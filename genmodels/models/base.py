@@ -62,6 +62,23 @@ class ClassConditional:
         if self.num_classes is not None and "train" in splits:
             self.check_labels(torch.cat([splits[s][1] for s in ("train", "val") if s in splits]))
 
+    def sampling_labels(self, n: int, labels) -> torch.Tensor | None:
+        """The classes of n samples: `labels` checked, by default 0, 1, ..., num_classes - 1,
+        0, 1, ...; None for an unconditional model (which refuses labels)."""
+        if self.num_classes is None:
+            if labels is not None:
+                raise GenmodelsError(f"labels were given, but this {type(self).__name__} is not "
+                                     "conditional (model.num_classes is not set; e.g. "
+                                     "model=cgan).")
+            return None
+        if labels is None:
+            labels = torch.arange(n) % self.num_classes
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
+            raise GenmodelsError(f"labels must be {n} class indices in [0, "
+                                 f"{self.num_classes}), got {labels.tolist()}.")
+        return labels.to(self.device)
+
     def check_labels(self, labels: torch.Tensor) -> None:
         if labels.min() < 0:
             raise GenmodelsError(f"A conditional {type(self).__name__} needs class labels, but "

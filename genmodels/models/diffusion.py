@@ -283,20 +283,6 @@ class DDPM(ClassConditional, GenerativeModel):
         use_ema = self.network_ema is not None if ema is None else ema
         return self.network_ema if use_ema else self.network
 
-    def sampling_labels(self, n: int, labels) -> torch.Tensor | None:
-        if self.num_classes is None:
-            if labels is not None:
-                raise GenmodelsError("labels were given, but this DDPM is not conditional "
-                                     "(set model.num_classes).")
-            return None
-        if labels is None:
-            labels = torch.arange(n) % self.num_classes
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
-            raise GenmodelsError(f"labels must be {n} class indices in [0, "
-                                 f"{self.num_classes}), got {labels.tolist()}.")
-        return labels.to(self.device)
-
     # ----- the variational bound on the likelihood ---------------------------------------------
 
     @torch.no_grad()

@@ -288,17 +288,7 @@ class GAN(ClassConditional, GenerativeModel):
                     " leave truncation unset.")
             if not -1.0 <= truncation <= 1.0:
                 raise GenmodelsError(f"truncation must be in [-1, 1], got {truncation!r}.")
-        if self.num_classes is None:
-            if labels is not None:
-                raise GenmodelsError("labels were given, but this GAN is not conditional "
-                                     "(num_classes is not set); use model=cgan.")
-        else:
-            if labels is None:
-                labels = torch.arange(n) % self.num_classes
-            labels = torch.as_tensor(labels, dtype=torch.long)
-            if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
-                raise GenmodelsError(f"labels must be {n} class indices in [0, "
-                                     f"{self.num_classes}), got {labels.tolist()}.")
+        labels = self.sampling_labels(n, labels)
         use_ema = self.generator_ema is not None if ema is None else ema
         network = self.ema_generator() if use_ema else self.generator
         return self.generate(n, network, generator, labels, truncation)[0]
