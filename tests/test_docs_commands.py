@@ -49,6 +49,10 @@ SUBSTITUTIONS = {
     "<celeba vae run>": "logs/runs/vae",  # digits have no attributes: see MISSING
     "<2-d vae run>": "logs/runs/vae2d",
     "<conditional run>": "logs/runs/cgan",
+    "<cgan run>": "logs/runs/cgan",
+    "logs/runs/<ddpm run>": "logs/runs/ddpm",
+    "<conditional ddpm run>": "logs/runs/cddpm",
+    "<ddpm run>": "logs/runs/ddpm",
     "<stylegan run>": "logs/runs/stylegan",
     "<vae run>": "logs/runs/vae",
     "<gan run>": "logs/runs/dcgan",
@@ -57,6 +61,9 @@ SUBSTITUTIONS = {
     # a.png, b.png (two digit images) and my_folder (three more) are made in each directory.
 }
 
+# A U-Net small enough that 1000 sampling steps take seconds.
+TINY_UNET = ["model.network.widths=[8,8]", "model.network.norm_groups=2"]
+
 # The runs behind the placeholders: train.py overrides, on top of conftest's TINY.
 RUNS = {
     "vae": ["model=vae", "callbacks=best"],  # best.ckpt for the ckpt=... examples
@@ -64,6 +71,8 @@ RUNS = {
     "dcgan": ["model=dcgan", *SMALL_DCGAN],
     "cgan": ["model=cgan"],
     "stylegan": ["model=stylegan", "model.generator.max_width=32", "dataset.batch_size=8"],
+    "ddpm": ["model=ddpm", *TINY_UNET],
+    "cddpm": ["model=ddpm", *TINY_UNET, "model.num_classes=10"],
 }
 
 # What a command needs that this machine lacks (a substring of the command as printed,
