@@ -122,8 +122,14 @@ def slerp(z_a: torch.Tensor, z_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor
 def interpolate(model, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10,
                 method: str = "lerp") -> torch.Tensor:
     """Encode two images (C, H, W), decode `steps` points on the path between their codings
-    (lerp: straight line; slerp: great circle): (steps, C, H, W), from x_a's to x_b's."""
+    (lerp: straight line; slerp: great circle): (steps, C, H, W), from x_a's to x_b's.
+    Two batches (N, C, H, W) give N such paths, pair by pair: (N * steps, C, H, W)."""
     require(model, "encode", "decode")
+    if x_a.shape != x_b.shape or x_a.dim() not in (3, 4):
+        raise GenmodelsError(f"interpolate takes two images (C, H, W) or two batches of them "
+                             f"of one shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}.")
+    if x_a.dim() == 4:
+        return torch.cat([interpolate(model, a, b, steps, method) for a, b in zip(x_a, x_b)])
     z_a, z_b = model.encode(_to_model(model, torch.stack([x_a, x_b])))
     return interpolate_codings(model, z_a, z_b, steps, method)
 

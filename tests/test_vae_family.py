@@ -233,6 +233,12 @@ def test_latent_tools_return_images_of_the_right_shape(digits, tmp_path):
         path = latent.interpolate(model, digits[0], digits[1], steps=7, method=method)
         assert path.shape == (7, 1, 28, 28)
         assert torch.allclose(path[[0, -1]], model.reconstruct(digits[:2]), atol=1e-5)
+    # Two batches: a path per pair, one after the other
+    paths = latent.interpolate(model, digits[0:2], digits[2:4], steps=5)
+    assert torch.allclose(paths[5:], latent.interpolate(model, digits[1], digits[3], steps=5),
+                          atol=1e-6)
+    with pytest.raises(GenmodelsError, match=r"two images \(C, H, W\) or two batches"):
+        latent.interpolate(model, digits[0:2], digits[2])
     has_attribute = torch.arange(len(digits)) % 3 == 0
     vector = latent.attribute_vector(model, digits, has_attribute)
     codings = model.encode(digits)
