@@ -129,7 +129,8 @@ def interpolate(model, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10,
         raise GenmodelsError(f"interpolate takes two images (C, H, W) or two batches of them "
                              f"of one shape, got {tuple(x_a.shape)} and {tuple(x_b.shape)}.")
     if x_a.dim() == 4:
-        return torch.cat([interpolate(model, a, b, steps, method) for a, b in zip(x_a, x_b)])
+        return torch.cat([interpolate(model, a, b, steps, method)
+                          for a, b in zip(x_a, x_b, strict=True)])
     z_a, z_b = model.encode(_to_model(model, torch.stack([x_a, x_b])))
     return interpolate_codings(model, z_a, z_b, steps, method)
 

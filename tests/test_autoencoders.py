@@ -259,6 +259,14 @@ def test_pretraining_experiment_reports_both_accuracies(make_config, caplog):
     assert (output_dir / "autoencoder" / "checkpoints" / "last.ckpt").exists()
     assert (output_dir / "classifier_pretrained").is_dir()
     assert (output_dir / "classifier_scratch").is_dir()
+    # One HPARAMS row for the run, with both accuracies beside the autoencoder's metrics
+    from .test_tensorboard import hparams_table
+
+    (row,) = hparams_table(output_dir / "autoencoder" / "tensorboard").values()
+    assert row["hparams"]["pretrain.num_labelled"] == 100
+    for name in ("pretrained", "scratch"):
+        assert row["metrics"][f"hp/{name}/test/acc"] == pytest.approx(metrics[f"{name}/test/acc"])
+    assert "hp/autoencoder/val/loss" in row["metrics"]
 
 
 def test_pretraining_prints_each_model_summary_without_the_flops_column(make_config, caplog,

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, open_dict
 from genmodels.config import build
 from genmodels.data import InMemoryImageDataModule
 from genmodels.engine.divergence import DivergenceGuard
+from genmodels.engine.hparams import curated_hparams, log_hparams_session
 from genmodels.engine.model_summary import ModelSummary
 from genmodels.engine.rundirs import save_hydra_record
 from genmodels.engine.runs import load_model
@@ -110,6 +111,12 @@ def pretrain_classifier(cfg: DictConfig) -> dict[str, float]:
     summary = TensorBoardLogger(output_dir, name="comparison", version="")
     summary.log_metrics({f"test_acc/{name}": value for name, value in accuracy.items()})
     summary.finalize("success")
+    # The run's HPARAMS row (phase 1's, replaced): both accuracies beside the autoencoder's.
+    hparams = curated_hparams(cfg, output_dir) | {
+        "pretrain.num_labelled": settings.num_labelled,
+        "pretrain.freeze_encoder": bool(settings.freeze_encoder)}
+    log_hparams_session(output_dir / "autoencoder" / "tensorboard" / "hparams", hparams,
+                        {f"hp/{name}": value for name, value in metrics.items()})
     frozen = "frozen" if settings.freeze_encoder else "fine-tuned"
     log.info("Test accuracy with %d labelled training images:\n"
              "  %-48s %.4f\n  %-48s %.4f", settings.num_labelled,
