@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from genmodels import latent
 from genmodels.config import build
 from genmodels.data import DigitsDataModule
 from genmodels.errors import GenmodelsError
@@ -232,6 +233,34 @@ def test_ddim_with_eta_0_is_deterministic_given_the_starting_noise():
     noisy = model.sample(4, torch.Generator().manual_seed(5), eta=1.0, steps=7)
     assert not torch.allclose(first, noisy)
 
+
+
+class ConstantNoise(torch.nn.Module):
+    """A 'network' that says the noise is 0.3 everywhere, whatever x and t: DDIM's steps
+    then invert each other exactly."""
+
+    def forward(self, x, t, labels=None):
+        return torch.full_like(x, 0.3)
+
+
+def test_ddim_inversion_and_decode_are_each_others_inverse():
+    torch.manual_seed(0)
+    model = tiny_ddpm(network=ConstantNoise(), clip_x0=False, sample_steps=7)
+    images = torch.rand(3, 1, 8, 8) * 2 - 1
+    codings = model.encode(images)
+    assert codings.shape == (3, model.latent_dim) == (3, 64)
+    torch.testing.assert_close(model.decode(codings), images.clamp(-1, 1), atol=1e-5, rtol=0)
+    # x_T: the images scaled by sqrt(abar_T), plus sqrt(1 - abar_T) times the noise
+    abar = model.schedule.alphas_cumprod[-1]
+    torch.testing.assert_close(codings.view(3, 1, 8, 8),
+                               abar.sqrt() * images + (1 - abar).sqrt() * 0.3)
+    # so the latent tools interpolate between two images of a diffusion model
+    path = latent.interpolate(model, images[0], images[1], steps=4, method="slerp")
+    torch.testing.assert_close(path[[0, -1]], images[:2], atol=1e-5, rtol=0)
+    # and a trained-like network's inversion is deterministic
+    model = tiny_ddpm(sample_steps=20, timesteps=20)
+    first = model.encode(images)
+    torch.testing.assert_close(model.encode(images), first, atol=0, rtol=0)
 
 def test_sampling_timesteps_run_evenly_from_t_minus_1_to_0():
     assert sampling_timesteps(1000, 5) == [999, 749, 500, 250, 0]

@@ -7,6 +7,7 @@ genmodels/nn/unet.py.
 """
 
 import copy
+import math
 from collections.abc import Callable
 
 import torch
@@ -243,9 +244,15 @@ class DDPM(ClassConditional, GenerativeModel):
                                           self.sampling_defaults)
         network = self.sampling_network(ema)
         labels = self.sampling_labels(n, labels)
+        x = self.randn(n, *self.image_shape, generator=generator)  # x_T ~ N(0, I)
+        return self.denoise(x, network, labels, settings, generator)
+
+    def denoise(self, x: torch.Tensor, network, labels, settings: dict,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_T -> x_0 in settings["steps"] steps of the chosen sampler."""
+        n = len(x)
         timesteps = sampling_timesteps(self.timesteps, settings["steps"])
         noisy = settings["sampler"] == "ddpm" or settings["eta"] > 0
-        x = self.randn(n, *self.image_shape, generator=generator)  # x_T ~ N(0, I)
         for t, t_prev in zip(timesteps, [*timesteps[1:], -1], strict=True):
             t_batch = torch.full((n,), t, device=self.device, dtype=torch.long)
             output = self.guided_output(network, x, t_batch, labels, settings["guidance"])
@@ -262,6 +269,46 @@ class DDPM(ClassConditional, GenerativeModel):
                 eps = self.schedule.predicted_noise(x, t_batch, x0)  # of the clipped x_0
                 x = ddim_step(x, x0, eps, abar_t, abar_prev, settings["eta"], z)
         return x.clamp(-1.0, 1.0)
+
+    # ----- DDIM inversion: images <-> their noise, for the latent-space tools ---------------
+
+    @property
+    def latent_dim(self) -> int:
+        """The size of the codings encode() gives: x_T has the image's shape."""
+        return math.prod(self.image_shape)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, labels=None) -> torch.Tensor:
+        """DDIM inversion (Song et al., sec. 4.3; Dhariwal & Nichol, 2021, app. F): the
+        deterministic DDIM path run from the images up to x_T, flattened to (n, latent_dim),
+        so that decode() brings them back and interpolating between two such codings
+        (slerp: they are Gaussian-like) walks between two images. In model.sample_steps
+        steps; the network's noise at each step stands in for the next step's."""
+        network = self.sampling_network(None)
+        labels = self.sampling_labels(len(x), labels)
+        guidance = self.sampling_defaults["guidance"] if labels is not None else 0.0
+        # decode()'s levels, upward: x_0 (level -1), then t = 0 .. T-1 as sampling visits them
+        levels = [-1, *sampling_timesteps(self.timesteps, self.sampling_defaults["steps"])[::-1]]
+        x = x.to(self.device, torch.float32)
+        for t, t_next in zip(levels[:-1], levels[1:], strict=True):
+            t_batch = torch.full((len(x),), max(t, 0), device=self.device, dtype=torch.long)
+            output = self.guided_output(network, x, t_batch, labels, guidance)
+            x0 = self.schedule.predicted_x0(self.prediction, x, t_batch, output)
+            eps = self.schedule.predicted_noise(x, t_batch, x0)
+            if t < 0:  # at x_0 itself, known; the noise is the network's guess at t = 0
+                x0 = x
+            abar_next = self.schedule.abar(torch.full_like(t_batch, t_next))
+            x = abar_next.sqrt() * x0 + (1 - abar_next).sqrt() * eps  # eq. 12, eta 0, upward
+        return x.flatten(1)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, labels=None) -> torch.Tensor:
+        """Images from codings (n, latent_dim) taken as x_T: DDIM with eta 0, the inverse
+        of encode(); random codings give samples."""
+        settings = self.sampling_settings(None, "ddim", 0.0, None, self.sampling_defaults)
+        labels = self.sampling_labels(len(z), labels)
+        x = z.to(self.device, torch.float32).reshape(len(z), *self.image_shape)
+        return self.denoise(x, self.sampling_network(None), labels, settings)
 
     def guided_output(self, network, x, t, labels, guidance: float) -> torch.Tensor:
         """The network's output; with labels and a guidance weight w != 0, classifier-free
