@@ -89,8 +89,7 @@ def run() -> None:
         logging.getLogger(__name__).info(
             "Search stopped at %s, refused before training: a problem with the data or "
             "the config, which its next trials would meet too.", stop.job)
-        finish_unfinished_sweep()
-        sys.exit(f"Error: {stop}")
+        sys.exit(f"Error: {stop}")  # after the sweep's tables (finally, below)
     finally:
         # A sweep that ended early (Optuna without a completed trial, Ctrl-C) skipped
         # Hydra's end-of-sweep callbacks: its table is written all the same.

@@ -57,7 +57,7 @@ class MonitoredMetric:
         if self.checked:
             return
         if self.monitor not in trainer.callback_metrics:
-            quality = next((c for c in trainer.callbacks if isinstance(c, SampleQuality)), None)
+            quality = SampleQuality.of(trainer)
             if quality is None or not self.monitor.startswith("val/"):
                 self.refuse(trainer.callback_metrics)
             self.quality = quality
@@ -71,7 +71,7 @@ class MonitoredMetric:
         self.check_monitor(trainer)
         if self.quality is None:
             return True
-        if (trainer.current_epoch + 1) % self.quality.every_n_epochs:
+        if not self.quality.measures(trainer.current_epoch):
             return False
         if self.monitor not in trainer.callback_metrics:  # not a sample-quality metric
             self.refuse(trainer.callback_metrics)

@@ -27,7 +27,7 @@ class OptimizedMetricCheck(L.Callback):
         stage, _, rest = self.name.partition("/")
         if stage not in ("val", "test") or self.name in valid:
             return
-        quality = next((c for c in trainer.callbacks if isinstance(c, SampleQuality)), None)
+        quality = SampleQuality.of(trainer)
         if quality is not None and stage == "val":
             self.quality = quality
             return

@@ -35,8 +35,17 @@ class SampleQuality(L.Callback):
         self.cache_dir, self.classifier_epochs, self.seed = cache_dir, classifier_epochs, seed
         self.classifier = None
 
+    @staticmethod
+    def of(trainer) -> "SampleQuality | None":
+        """The trainer's sample-quality callback, if it has one."""
+        return next((c for c in trainer.callbacks if isinstance(c, SampleQuality)), None)
+
+    def measures(self, epoch: int) -> bool:
+        """Whether it measures at the end of validation epoch `epoch` (counted from 0)."""
+        return (epoch + 1) % self.every_n_epochs == 0
+
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if trainer.sanity_checking or not self.measures(trainer.current_epoch):
             return
         failure = metrics = None
         if trainer.is_global_zero:

@@ -94,13 +94,15 @@ def interpolate_task(model, cfg: DictConfig):
         if labels is not None and getattr(model, "num_classes", None) is None:
             raise GenmodelsError(f"labels={labels} applies to conditional models; "
                                  f"{type(model).__name__} is not one.")
+        row_labels = (None if labels is None
+                      else [labels[row % len(labels)] for row in range(len(ends) // 2)])
         rows = [latent.interpolate_codings(
-                    model, ends[i], ends[i + 1], cfg.steps, cfg.method,
-                    **({} if labels is None else {"labels": labels[i // 2 % len(labels)]}))
-                for i in range(0, len(ends), 2)]
+                    model, ends[2 * row], ends[2 * row + 1], cfg.steps, cfg.method,
+                    **({} if row_labels is None else {"labels": row_labels[row]}))
+                for row in range(len(ends) // 2)]
         extra = {"seeds": np.array(seeds)}
-        if labels is not None:
-            extra["labels"] = np.array([labels[k % len(labels)] for k in range(len(rows))])
+        if row_labels is not None:
+            extra["labels"] = np.array(row_labels)
         return to_uint8(model, torch.cat(rows)), extra, cfg.steps
     inputs = pair_images(model, cfg)
     x = from_uint8(model, inputs)

@@ -104,8 +104,7 @@ def check_fresh_output_dir(cfg: DictConfig, output_dir: Path) -> None:
         )
     # Other DDP processes start when the first has written its own records.
     records = [name for name in RUN_RECORDS if (output_dir / name).is_file()]
-    if records and is_first_process() and not int(os.environ.get("SLURM_RESTART_COUNT", "0")
-                                                  or 0):
+    if records and is_first_process() and not slurm_restarts():
         raise GenmodelsError(
             f"{output_dir} holds another run's records ({', '.join(records)}) and no "
             "checkpoint to continue it from; a new run would rewrite them. Start a new run "
@@ -146,11 +145,15 @@ def check_extra_epochs(cfg: DictConfig) -> None:
                              "(epochs beyond the checkpoint's), not both.")
 
 
+def slurm_restarts() -> int:
+    """How often SLURM requeued this job (after pre-emption or a time limit)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+
+
 def requeued_on_slurm(output_dir: Path) -> bool:
     """A SLURM job requeued after pre-emption or a time limit runs again in its own
     directory: it then continues from that run's newest checkpoint."""
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    return restarts > 0 and any(output_dir.glob("**/*.ckpt"))
+    return slurm_restarts() > 0 and any(output_dir.glob("**/*.ckpt"))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -300,17 +300,13 @@ class GAN(ClassConditional, GenerativeModel):
         seeds, semantic grids). A conditional GAN draws every image of the class in
         `labels` (one, or one per image). Noise the network draws itself (StyleGAN's) is
         the same at every call, so that a walk changes with z alone."""
-        if self.num_classes is None and labels is not None:
-            raise GenmodelsError("labels were given, but this GAN is not conditional.")
-        if self.num_classes is not None:
-            if labels is None:
-                raise GenmodelsError("This GAN is conditional: a latent walk keeps one class, "
-                                     "e.g. task=interpolate labels=[3] (one per row); its "
-                                     "grids (task=semantic) are not conditional yet.")
+        if self.num_classes is not None and labels is None:
+            raise GenmodelsError("This GAN is conditional: a latent walk keeps one class, "
+                                 "e.g. task=interpolate labels=[3] (one per row); its "
+                                 "grids (task=semantic) are not conditional yet.")
+        if labels is not None:  # one class for all the images, or one each
             labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1).expand(len(z))
-            if labels.min() < 0 or labels.max() >= self.num_classes:
-                raise GenmodelsError(f"labels must be class indices in [0, {self.num_classes})"
-                                     f", got {labels.unique().tolist()}.")
+        labels = self.sampling_labels(len(z), labels)
         network = self.ema_generator() if self.generator_ema is not None else self.generator
         with global_rng_seeded_from(torch.Generator().manual_seed(0), self.device):
             if labels is None:
