@@ -9,7 +9,6 @@ Trainer of your own, add `essential_callbacks()` to get what `train.py` gives ev
 """
 
 
-
 def essential_callbacks(seed: int = 0) -> list:
     """Training logs, the divergence guard, max_steps in the model's own steps and random
     numbers of each process's own, seeded from `seed`, rank and step: the callbacks without

@@ -130,7 +130,6 @@ def refuse(error: GenmodelsError):
     sys.exit(f"Error: {error}")
 
 
-
 class StoppedBySignal(BaseException):
     """SIGTERM outside Lightning's fit. Not an Exception: neither a job's error handling
     nor Hydra's takes it for one failed job of a sweep that then goes on; train.py's

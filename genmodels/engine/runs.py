@@ -81,14 +81,14 @@ def run_checkpoints(run_dir: str | Path) -> list[Path]:
     return [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
 
 
+# The file name start of the best checkpoint (conf/callbacks/best.yaml).
+BEST_CHECKPOINT_PREFIX = "best"
+
+
 def is_best_checkpoint(path: Path) -> bool:
     """Whether a checkpoint is the best one by a validation metric (callbacks=best writes
     checkpoints/best.ckpt), not the run's newest state."""
     return path.name.startswith(BEST_CHECKPOINT_PREFIX)
-
-
-# The file name start of the best checkpoint (conf/callbacks/best.yaml).
-BEST_CHECKPOINT_PREFIX = "best"
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:

@@ -101,7 +101,6 @@ def negative_elbo(model, images: torch.Tensor, batch_size: int = 1000) -> float:
     return total / len(images)
 
 
-
 @torch.no_grad()
 def diffusion_bound(model, images: torch.Tensor, batch_size: int = 500,
                     generator: torch.Generator | None = None) -> dict[str, float]:
