@@ -43,6 +43,7 @@ from genmodels.config import build
 from genmodels.engine.speed import configure_backends, optimize_model
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.train import train
+from genmodels.models.diffusion import DDPM
 from genmodels.models.gan import GAN
 from genmodels.nn.gan_losses import generator_loss
 
@@ -184,7 +185,11 @@ def bare_step(model, precision) -> "BareStep":
         raise GenmodelsError(
             f"The benchmark's bare loop reproduces trainer.precision {', '.join(BARE_PRECISIONS)}"
             f", not {precision!r} (its GradScaler steps are Lightning's); pick one of those.")
-    return (BareGANStep if isinstance(model, GAN) else BareAutoencodingStep)(model, precision)
+    if isinstance(model, GAN):
+        return BareGANStep(model, precision)
+    if isinstance(model, DDPM):
+        return BareDiffusionStep(model, precision)
+    return BareAutoencodingStep(model, precision)
 
 
 class BareStep:
@@ -230,6 +235,15 @@ class BareAutoencodingStep(BareStep):
     def epoch_end(self) -> None:
         if self.scheduler is not None:
             self.scheduler.step()
+
+
+class BareDiffusionStep(BareAutoencodingStep):
+    """A DDPM's step: the simple loss's gradient step, then the EMA update the module makes
+    after each optimizer step."""
+
+    def step(self, x, y) -> None:
+        super().step(x, y)
+        self.model.update_ema()
 
 
 class BareGANStep(BareStep):

@@ -7,7 +7,8 @@
   finite, and its final loss scale;
 - DDP scaling (images per second over all GPUs against one) when two or more are visible.
 
-It prints the tables and writes them to <out>/gpu_check.json and <out>/gpu_check.md.
+It prints the tables and writes them to <out>/gpu_check.json and <out>/gpu_check.md (and
+each row, as it is measured, to <out>/gpu_check_rows.jsonl).
 
     python benchmarks/gpu_check.py --out gpu_check          # budgeted for ~8 minutes on one GPU
     python benchmarks/gpu_check.py --out /tmp/check --cpu --quick   # the same paths on a CPU
@@ -30,7 +31,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (benchmarks/ is not a package)
 
-FAMILIES = ["ae", "vae", "dcgan", "wgan_gp", "progan", "stylegan"]
+FAMILIES = ["ae", "vae", "dcgan", "wgan_gp", "progan", "stylegan", "ddpm"]
+ROWS_FILE: Path | None = None  # each row as it is measured: a run cut short keeps them
+
+
+def report(row: dict) -> None:
+    print(json.dumps(row), flush=True)
+    if ROWS_FILE is not None:
+        with ROWS_FILE.open("a") as rows:
+            rows.write(json.dumps(row) + "\n")
+
+
 GANS = ["gan", "gan_upsample", "dcgan", "dcgan64", "cgan", "wgan_gp", "progan", "stylegan"]
 PRECISIONS = ["32-true", "bf16-mixed", "16-mixed"]
 
@@ -59,7 +70,7 @@ def speed_rows(trainer: list[str], families: list[str], batches: list[int],
                 except Exception as error:  # one failing cell must not lose the others
                     row["error"] = f"{type(error).__name__}: {error}"
                 rows.append(row)
-                print(json.dumps(row), flush=True)
+                report(row)
     return rows
 
 
@@ -93,7 +104,7 @@ def gan_rows(trainer: list[str], gans: list[str], steps: int) -> list[dict]:
                 row["finite"], row["error"] = False, f"{type(error).__name__}: {error}"
             row["seconds"] = time.perf_counter() - start
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        report(row)
     return rows
 
 
@@ -112,7 +123,7 @@ def ddp_rows(devices: int, families: list[str], steps: int, warmup: int) -> list
                 speeds[count] = bench.framework_speed(cfg, warmup, steps) * count
         rows.append({"model": model, "devices": devices, "one": speeds[1],
                      "all": speeds[devices], "scaling": speeds[devices] / speeds[1]})
-        print(json.dumps(rows[-1]), flush=True)
+        report(rows[-1])
     return rows
 
 
@@ -156,6 +167,11 @@ def main(argv: list[str] | None = None) -> dict:
     families, gans = (["vae", "dcgan"], ["gan"]) if args.quick else (FAMILIES, GANS)
     batches = [8] if args.quick else [128, 512]
     steps, warmup, gan_steps = (3, 1, 3) if args.quick else (50, 10, 300)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    global ROWS_FILE
+    ROWS_FILE = out / "gpu_check_rows.jsonl"
+    ROWS_FILE.write_text("")
     start = time.perf_counter()
     result = {"device": "cpu" if args.cpu else torch.cuda.get_device_name(),
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
@@ -165,8 +181,6 @@ def main(argv: list[str] | None = None) -> dict:
     if devices >= 2:
         result["ddp"] = ddp_rows(devices, ["vae", "dcgan"], steps, warmup)
     result["seconds"] = time.perf_counter() - start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     (out / "gpu_check.md").write_text(table)

@@ -47,7 +47,8 @@ class DDPM(ClassConditional, GenerativeModel):
     ||target - network(x_t, t)||^2 (mean over pixels), where the target is eps
     (`prediction="epsilon"`) or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (`"v"`).
     Logged: `loss` and `loss_t<a>_<b>`, the loss of the examples whose index t lies in
-    each of `loss_buckets` equal ranges of 0 .. T-1 (low t: little noise); validation also
+    each of `loss_buckets` equal ranges of 0 .. T-1 (low t: little noise; in training on
+    logging steps only: finding a range's examples waits for the GPU); validation also
     logs `ema_loss`, the same loss for the EMA network that samples.
 
     Sampling (`sample`): x_T ~ N(0, I), then `steps` updates down to x_0, either DDPM's
@@ -132,7 +133,8 @@ class DDPM(ClassConditional, GenerativeModel):
         labels = self.drop_labels(labels, generator)
         per_example = self.per_example_loss(self.network, x_t, t, labels, target)
         losses = {"loss": per_example.mean()}
-        losses |= self.bucket_losses(per_example, t)
+        if self.monitoring or not self.training:
+            losses |= self.bucket_losses(per_example, t)
         if not self.training and self.network_ema is not None:
             losses["ema_loss"] = self.per_example_loss(self.network_ema, x_t, t, labels,
                                                        target).mean()
