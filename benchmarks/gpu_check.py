@@ -31,6 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (benchmarks/ is not a package)
 
+from genmodels.data import write_idx  # noqa: E402
+
 FAMILIES = ["ae", "vae", "dcgan", "wgan_gp", "progan", "stylegan", "ddpm"]
 ROWS_FILE: Path | None = None  # each row as it is measured: a run cut short keeps them
 
@@ -46,12 +48,35 @@ GANS = ["gan", "gan_upsample", "dcgan", "dcgan64", "cgan", "wgan_gp", "progan", 
 PRECISIONS = ["32-true", "bf16-mixed", "16-mixed"]
 
 
+def mnist_sized_dataset(folder: Path, count: int) -> list[str]:
+    """The overrides of a dataset as large as MNIST's training set (count 28x28 images),
+    made offline from scikit-learn's digits: each digit resized to 20x20 and placed at a
+    random position in the 28x28 frame, as MNIST centres its digits with some play. On the
+    1,797 digits themselves an epoch is 11 batches of 128, and its end (a checkpoint
+    written) took most of the time measured; here an epoch is as long as a real run's."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    generator = torch.Generator().manual_seed(0)
+    which = torch.randint(len(digits.images), (count,), generator=generator)
+    small = torch.from_numpy(digits.images).float()[which, None] * (255 / 16)
+    images = torch.zeros(count, 28, 28, dtype=torch.uint8)
+    resized = torch.nn.functional.interpolate(small, size=20, mode="bilinear").squeeze(1)
+    for i, (row, col) in enumerate(torch.randint(9, (count, 2), generator=generator).tolist()):
+        images[i, row:row + 20, col:col + 20] = resized[i].round().clamp(0, 255)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_idx(folder / "images-idx3-ubyte", images)
+    write_idx(folder / "labels-idx1-ubyte", torch.from_numpy(digits.target)[which])
+    return ["dataset=idx", f"dataset.images={folder / 'images-idx3-ubyte'}",
+            f"dataset.labels={folder / 'labels-idx1-ubyte'}"]
+
+
 def speed_rows(trainer: list[str], families: list[str], batches: list[int],
-               steps: int, warmup: int) -> list[dict]:
+               precisions: list[str], steps: int, warmup: int) -> list[dict]:
     rows = []
     for model in families:
         for batch in batches:
-            for precision in PRECISIONS:
+            for precision in precisions:
                 overrides = [f"model={model}", *trainer, f"trainer.precision={precision}",
                              f"dataset.batch_size={batch}", "trainer.enable_progress_bar=false"]
                 row = {"model": model, "batch": batch, "precision": precision}
@@ -154,28 +179,52 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def names(valid: list[str]):
+    """An argparse type: a comma-separated list of some of `valid` (empty: none)."""
+    def parse(text: str) -> list[str]:
+        chosen = [name for name in text.split(",") if name]
+        unknown = [name for name in chosen if name not in valid]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return chosen
+    return parse
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for gpu_check.json and .md")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (to test it)")
     parser.add_argument("--quick", action="store_true",
                         help="a few steps of two families and one GAN")
+    parser.add_argument("--families", type=names(FAMILIES), default=FAMILIES,
+                        help=f"speed table's models (default {','.join(FAMILIES)})")
+    parser.add_argument("--batches", type=lambda text: [int(b) for b in text.split(",")],
+                        default=[128, 512], help="speed table's batch sizes (default 128,512)")
+    parser.add_argument("--precisions", type=names(PRECISIONS), default=PRECISIONS,
+                        help=f"speed table's precisions (default {','.join(PRECISIONS)})")
+    parser.add_argument("--gans", type=names(GANS), default=GANS,
+                        help=f"GANs trained under 16-mixed (default {','.join(GANS)}; "
+                        "none: --gans=)")
     args = parser.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
         sys.exit("Error: no GPU is visible; run with --cpu to check the command on a CPU.")
     trainer = ["trainer=cpu"] if args.cpu else ["trainer=gpu"]
-    families, gans = (["vae", "dcgan"], ["gan"]) if args.quick else (FAMILIES, GANS)
-    batches = [8] if args.quick else [128, 512]
+    families, gans, batches = args.families, args.gans, args.batches
+    if args.quick:
+        families, gans, batches = ["vae", "dcgan"], ["gan"], [8]
     steps, warmup, gan_steps = (3, 1, 3) if args.quick else (50, 10, 300)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    data = tempfile.TemporaryDirectory()
+    trainer += mnist_sized_dataset(Path(data.name), 2000 if args.quick else 60000)
     global ROWS_FILE
     ROWS_FILE = out / "gpu_check_rows.jsonl"
     ROWS_FILE.write_text("")
     start = time.perf_counter()
     result = {"device": "cpu" if args.cpu else torch.cuda.get_device_name(),
               "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
-              "speed": speed_rows(trainer, families, batches, steps, warmup),
+              "speed": speed_rows(trainer, families, batches, args.precisions, steps, warmup),
               "gans": gan_rows(trainer, gans, gan_steps), "ddp": []}
     devices = 0 if args.cpu else torch.cuda.device_count()
     if devices >= 2:

@@ -1,7 +1,5 @@
 """Data modules: in-memory uint8 tensors, scaled batches, splits, errors that help."""
 
-import gzip
-import struct
 import urllib.request
 from pathlib import Path
 from urllib.error import URLError
@@ -21,6 +19,7 @@ from genmodels.data import (
     MNISTDataModule,
     TensorBatchLoader,
     prepare_images,
+    write_idx,
 )
 from genmodels.data.datamodule import split_off
 from genmodels.errors import GenmodelsError
@@ -191,16 +190,6 @@ def test_folder_errors_name_the_problem(tmp_path):
         ImageFolderDataModule(data_dir=tmp_path).setup()
 
 
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An array in the IDX format of the MNIST files (unsigned bytes)."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    path.write_bytes(idx_bytes(array))
-
-
 @pytest.mark.parametrize("module, folder", [(MNISTDataModule, "MNIST"),
                                             (FashionMNISTDataModule, "FashionMNIST")])
 def test_mnist_style_datasets_read_the_official_files(tmp_path, module, folder):
@@ -265,8 +254,7 @@ def test_bad_dataset_settings_are_refused(kwargs, message):
 def test_idx_files_load_with_an_ordered_split(tmp_path):
     images = np.arange(50 * 28 * 28).reshape(50, 28, 28) % 256
     write_idx(tmp_path / "images-idx3-ubyte", images)
-    with gzip.open(tmp_path / "labels-idx1-ubyte.gz", "wb") as file:
-        file.write(idx_bytes(np.arange(50) % 10))
+    write_idx(tmp_path / "labels-idx1-ubyte.gz", np.arange(50) % 10)
     dm = IdxDataModule(images=tmp_path / "images-idx3-ubyte",
                        labels=tmp_path / "labels-idx1-ubyte.gz", val_fraction=0.2,
                        test_fraction=0.0, ordered_split=True)

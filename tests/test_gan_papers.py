@@ -231,6 +231,31 @@ def test_progan_generator_normalizes_its_latent_so_only_its_direction_matters():
             assert (g(c * z) - g(z)).abs().max().item() < 1e-5, c
 
 
+def test_progan_fade_in_blends_two_paths_of_different_dtypes():
+    """Under CUDA autocast the previous resolution's path and the newest block's can end in
+    different dtypes, and torch.lerp refuses such a pair (the GPU check: "expected dtype
+    float for `end` but got dtype c10::BFloat16" for progan at bf16-mixed and 16-mixed).
+    On the CPU a hook makes the older path float32 while autocast makes the newer one
+    bfloat16; the blend is then still the float32 network's, to bfloat16's precision."""
+    torch.manual_seed(0)
+    g = ProGANGenerator(16, 1, 28, max_width=16, min_width=8)
+    d = ProGANDiscriminator(1, 28, max_width=16, min_width=8)
+    g.set_stage(1, 0.5)
+    d.set_stage(1, 0.5)
+    z = torch.randn(4, 16)
+    with torch.no_grad():
+        expected_fake = g(z)
+        expected_score = d(expected_fake)
+        g.to_rgb[0].register_forward_hook(lambda module, inputs, output: output.float())
+        d.from_rgb[0].register_forward_hook(lambda module, inputs, output: output.float())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fake = g(z)
+            score = d(expected_fake)
+    assert fake.dtype == torch.bfloat16
+    torch.testing.assert_close(fake.float(), expected_fake, atol=0.03, rtol=0.03)
+    torch.testing.assert_close(score.float(), expected_score, atol=0.03, rtol=0.03)
+
+
 def test_minibatch_stddev_lets_d_tell_how_varied_a_group_of_images_is():
     torch.manual_seed(0)
     d = ProGANDiscriminator(1, 28, max_width=8, min_width=8, group_size=4).eval()

@@ -1,14 +1,12 @@
 """Sample-quality metrics, mode coverage, the feature classifier and Stacked MNIST."""
 
-import gzip
 import math
-import struct
 
 import pytest
 import torch
 from torch import nn
 
-from genmodels.data import DigitsDataModule, StackedMNISTDataModule
+from genmodels.data import DigitsDataModule, StackedMNISTDataModule, write_idx
 from genmodels.errors import GenmodelsError
 from genmodels.metrics.classifier import ChannelwiseClassifier, accuracy, classifier_for
 from genmodels.metrics.inception import check_inception_available
@@ -108,13 +106,6 @@ def test_a_dataset_without_labels_cannot_train_the_classifier(digits, tmp_path):
                                    torch.full((len(digits.splits["train"][0]),), -1))}
     with pytest.raises(GenmodelsError, match="no class labels"):
         classifier_for(datamodule, tmp_path)
-
-
-def write_idx(path, array: torch.Tensor) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I",
-                                                                      *array.shape)
-    with gzip.open(path, "wb") as file:
-        file.write(header + array.to(torch.uint8).numpy().tobytes())
 
 
 @pytest.fixture(scope="module")

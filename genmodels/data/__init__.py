@@ -9,9 +9,11 @@ from genmodels.data.datasets import (
     IdxDataModule,
     ImageFolderDataModule,
     MNISTDataModule,
+    write_idx,
 )
 from genmodels.data.stacked_mnist import StackedMNISTDataModule
 
 __all__ = ["CIFAR10DataModule", "CelebADataModule", "DigitsDataModule", "FashionMNISTDataModule",
            "IdxDataModule", "ImageFolderDataModule", "InMemoryImageDataModule",
-           "MNISTDataModule", "StackedMNISTDataModule", "TensorBatchLoader", "prepare_images"]
+           "MNISTDataModule", "StackedMNISTDataModule", "TensorBatchLoader", "prepare_images",
+           "write_idx"]

@@ -55,6 +55,16 @@ def read_idx(path: str | Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).view(shape)
 
 
+def write_idx(path: str | Path, values: torch.Tensor | np.ndarray) -> None:
+    """Write unsigned bytes (images (N, H, W) or labels (N,)) as an IDX file, gzipped when
+    `path` ends in .gz: the files `read_idx` and dataset=idx read."""
+    values = torch.as_tensor(values).to(torch.uint8)
+    data = (struct.pack(">HBB", 0, 0x08, values.dim())
+            + struct.pack(f">{values.dim()}I", *values.shape) + values.numpy().tobytes())
+    with (gzip.open if Path(path).suffix == ".gz" else open)(path, "wb") as file:
+        file.write(data)
+
+
 class IdxDataModule(InMemoryImageDataModule):
     """Images (and optionally labels) from IDX files, the format of MNIST, Fashion-MNIST,
     EMNIST and KMNIST: e.g. `images=t10k-images-idx3-ubyte.gz labels=t10k-labels-idx1-ubyte.gz`.

@@ -136,7 +136,8 @@ class ProGANGenerator(Progressive):
         out = self.to_rgb[self.stage](h)
         if self.stage > 0 and self.alpha < 1:  # fade in the newest block
             old = F.interpolate(self.to_rgb[self.stage - 1](previous), scale_factor=2)
-            out = torch.lerp(old, out, self.alpha)
+            # Under CUDA autocast the two paths can end in different dtypes (lerp refuses).
+            out = torch.lerp(old.to(out.dtype), out, self.alpha)
         out = self.output_activation(out)
         if self.resolution < self.padded_size:
             out = F.interpolate(out, scale_factor=self.padded_size // self.resolution)
@@ -177,7 +178,7 @@ class ProGANDiscriminator(Progressive):
             h = self.blocks[self.stage](h)
             if self.alpha < 1:  # fade in the newest block
                 old = self.from_rgb[self.stage - 1](F.avg_pool2d(x, 2))
-                h = torch.lerp(old, h, self.alpha)
+                h = torch.lerp(old.to(h.dtype), h, self.alpha)  # dtypes: see the generator
         for stage in range(self.stage - 1, 0, -1):
             h = self.blocks[stage](h)
         return self.last(h).squeeze(1)
