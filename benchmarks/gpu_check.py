@@ -14,7 +14,7 @@ each row, as it is measured, to <out>/gpu_check_rows.jsonl).
     python benchmarks/gpu_check.py --out /tmp/check --cpu --quick   # the same paths on a CPU
 
 `--quick` measures a few steps of two families and one GAN, to check the command itself.
-The full check has not yet run on a GPU (none was lent when it was written).
+Its table from one H200 (2026-12-04) is in docs/speed.md.
 """
 
 import argparse
