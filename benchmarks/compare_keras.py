@@ -17,7 +17,9 @@ on the 8,000 training images; the VAE also reports its -ELBO on the held-out ima
     python benchmarks/compare_keras.py score --mnist-dir data/MNIST/raw --out cmp
 
 `ours` takes `--accelerator cpu|gpu` and extra config overrides (`--override k=v ...`);
-each run's samples go to `<out>/<side>/<recipe>_seed<S>_epoch<E>.npz`, so runs made on
+each run's samples go to `<out>/<side>/<recipe>_seed<S>_epoch<E>.npz` (`_min<M>.npz` with
+`--minutes M`: training for M minutes of wall time, as `--recipe ddpm` against
+`--recipe dcgan-default` at equal time), so runs made on
 different machines can be copied into one folder and scored together.
 """
 
@@ -28,6 +30,7 @@ import math
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 # Our side of each recipe. "dcgan-default" is `model=dcgan` as it ships (the book's layers
 # and hyperparameters in PyTorch's terms, plus label smoothing) at the book's batch size.
 RECIPES = {"dcgan": ["experiment=dcgan_fashion"], "vae": ["experiment=vae_fashion"],
-           "dcgan-default": ["model=dcgan", "dataset.batch_size=32"]}
+           "dcgan-default": ["model=dcgan", "dataset.batch_size=32"],
+           "ddpm": ["experiment=ddpm_mnist"]}
 TRAIN, HELD_OUT, SAMPLES = 8000, 2000, 2000
 
 # The official MNIST test set (10,000 images), as torchvision's MNIST downloads it into
@@ -79,16 +83,20 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def our_overrides(args, recipe: str, seed: int, run_dir: Path) -> list[str]:
-    """The book's recipe on the first TRAIN images; checkpoints after every 10th epoch."""
+    """The recipe on the first TRAIN images; checkpoints after every 10th epoch, or
+    (--minutes) training for that much wall time."""
     total = TRAIN + HELD_OUT
+    budget = ([f"trainer.max_time=00:00:{args.minutes:02d}:00", "trainer.max_epochs=-1"]
+              if args.minutes else
+              [f"trainer.max_epochs={max(args.epochs)}",
+               f"callbacks.periodic_checkpoint.every_n_epochs={math.gcd(*args.epochs)}"])
     return [*RECIPES[recipe], "dataset=idx", f"dataset.images={args.images}",
             f"dataset.labels={args.labels}", "dataset.ordered_split=true",
             f"dataset.test_fraction={HELD_OUT / total}", "dataset.val_fraction=0",
-            f"trainer.max_epochs={max(args.epochs)}", "trainer.limit_val_batches=0",
+            *budget, "trainer.limit_val_batches=0",
             f"trainer.accelerator={args.accelerator}", "trainer.enable_progress_bar=false",
-            "callbacks.image_grids=null",
-            f"callbacks.periodic_checkpoint.every_n_epochs={math.gcd(*args.epochs)}",
-            "logger=csv", "test=false", f"seed={seed}", f"hydra.run.dir={run_dir}",
+            "callbacks.image_grids=null", "logger=csv", "test=false", f"seed={seed}",
+            f"hydra.run.dir={run_dir}",
             *args.override]
 
 
@@ -108,22 +116,28 @@ def ours(args) -> None:
             command = [sys.executable, str(ROOT / "train.py"),
                        *our_overrides(args, args.recipe, seed, run_dir)]
             print(" ".join(command), flush=True)
+            started = time.perf_counter()
             subprocess.run(command, check=True, cwd=ROOT)
-        for epoch in args.epochs:
-            model = load_model(run_dir / "checkpoints" / f"epoch_{epoch - 1:03d}.ckpt")
+            print(f"trained in {time.perf_counter() - started:.0f} s", flush=True)
+        budgets = ({f"min{args.minutes}": "last.ckpt"} if args.minutes else
+                   {f"epoch{epoch}": f"epoch_{epoch - 1:03d}.ckpt" for epoch in args.epochs})
+        for budget, checkpoint in budgets.items():
+            model = load_model(run_dir / "checkpoints" / checkpoint)
             # A GAN with an EMA copy of G: samples of the live G (the recipe as trained)
             # and of the EMA copy (side ours_ema): EMA does not change the training.
             emas = [False, True] if getattr(model, "generator_ema", None) is not None else [None]
             for ema in emas:
+                started = time.perf_counter()
                 images = sample_images(model, SAMPLES, seed=1000 + seed, ema=ema)
-                saved = {"images": images[:, 0].numpy()}
+                saved = {"images": images[:, 0].numpy(),
+                         "sample_seconds": time.perf_counter() - started}
                 if args.recipe == "vae":
                     x = held_out.float() / 255  # the VAE's [0, 1] range
                     saved["neg_elbo"] = negative_elbo(model, x)
                 side = out.parent / ("ours_ema" if ema else "ours")
                 side.mkdir(exist_ok=True)
-                np.savez_compressed(side / f"{args.recipe}_seed{seed}_epoch{epoch}.npz", **saved)
-            print(f"ours {args.recipe} seed {seed} epoch {epoch}: samples saved", flush=True)
+                np.savez_compressed(side / f"{args.recipe}_seed{seed}_{budget}.npz", **saved)
+            print(f"ours {args.recipe} seed {seed} {budget}: samples saved", flush=True)
 
 
 def keras(args) -> None:
@@ -153,32 +167,34 @@ def score(args) -> dict:
                                       as_tensor(labels[:TRAIN]).long(), 10, seed=0)
         torch.save(classifier, cached)
     rows = []
-    for path in sorted(Path(args.out).glob("*/*_seed*_epoch*.npz")):
-        recipe, seed, epoch = path.stem.split("_")
+    for path in sorted(Path(args.out).glob("*/*_seed*_*.npz")):
+        recipe, seed, budget = path.stem.split("_")
         data = np.load(path)
         fake = as_tensor(data["images"])[:, None]
         metrics = classifier_metrics(classifier, real, fake, real_labels, seed=0)
-        if "neg_elbo" in data:
-            metrics["neg_elbo"] = float(data["neg_elbo"])
+        for extra in ("neg_elbo", "sample_seconds"):
+            if extra in data:
+                metrics[extra] = float(data[extra])
         rows.append({"side": path.parent.name, "recipe": recipe, "seed": int(seed[4:]),
-                     "epoch": int(epoch[5:]), **metrics})
+                     "budget": budget, **metrics})
     (Path(args.out) / "scores.json").write_text(json.dumps(rows, indent=1))
     print_table(rows)
     return {"rows": rows}
 
 
 COLUMNS = ("fd_classifier", "precision", "recall", "modes_covered", "kl_to_real_classes",
-           "neg_elbo")
+           "neg_elbo", "sample_seconds")
 
 
 def print_table(rows: list[dict]) -> None:
-    """Markdown: one line per (recipe, epoch, side), mean ± sample std over seeds."""
+    """Markdown: one line per (recipe, budget, side), mean ± sample std over seeds."""
     columns = [c for c in COLUMNS if any(c in r for r in rows)]
-    print("| recipe | epoch | side | seeds | " + " | ".join(columns) + " |")
+    print("| recipe | budget | side | seeds | " + " | ".join(columns) + " |")
     print("|---" * (4 + len(columns)) + "|")
-    keys = sorted({(r["recipe"], r["epoch"], r["side"]) for r in rows})
-    for recipe, epoch, side in keys:
-        group = [r for r in rows if (r["recipe"], r["epoch"], r["side"]) == (recipe, epoch, side)]
+    keys = sorted({(r["recipe"], r["budget"], r["side"]) for r in rows})
+    for recipe, budget, side in keys:
+        group = [r for r in rows
+                 if (r["recipe"], r["budget"], r["side"]) == (recipe, budget, side)]
         cells = []
         for column in columns:
             values = [r[column] for r in group if column in r]
@@ -187,7 +203,7 @@ def print_table(rows: list[dict]) -> None:
                 continue
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.3g} ± {spread:.2g}")
-        print(f"| {recipe} | {epoch} | {side} | {len(group)} | " + " | ".join(cells) + " |")
+        print(f"| {recipe} | {budget} | {side} | {len(group)} | " + " | ".join(cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -197,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="dcgan")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, nargs="+", default=[10, 20])
+    parser.add_argument("--minutes", type=int, default=None,
+                        help="ours: train for this much wall time instead, sample last.ckpt")
     parser.add_argument("--out", default="keras_comparison")
     parser.add_argument("--mnist-dir", type=Path, default=None,
                         help="folder of t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "

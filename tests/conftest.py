@@ -29,6 +29,8 @@ FAST = ["trainer=cpu", "trainer.enable_progress_bar=false", "trainer.enable_mode
 TINY = [*FAST, "trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "test=false"]
 # A DCGAN with narrow layers: the same code paths at a fraction of the cost.
 SMALL_DCGAN = ["model.generator.widths=[16,8]", "model.discriminator.widths=[8,16]"]
+# A DDPM with a narrow U-Net whose image grids sample in 4 DDIM steps.
+SMALL_DDPM = ["model.network.widths=[8,16]", "model.sample_steps=4"]
 
 
 def compose_config(overrides: list[str], output_dir: Path | None = None) -> DictConfig:

@@ -8,6 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from omegaconf import open_dict
 
 from genmodels import latent
 from genmodels.config import build
@@ -30,11 +31,9 @@ from genmodels.nn.diffusion import (
 )
 from genmodels.nn.unet import ResidualBlock, SelfAttention, timestep_embedding
 
+from .conftest import SMALL_DDPM as TINY_UNET
 from .conftest import TINY, compose_config
 from .test_generate_evaluate import tool_config
-
-# A U-Net small enough for a test to train and sample in seconds.
-TINY_UNET = ["model.network.widths=[8,16]", "model.sample_steps=4"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -262,6 +261,23 @@ def test_ddim_inversion_and_decode_are_each_others_inverse():
     first = model.encode(images)
     torch.testing.assert_close(model.encode(images), first, atol=0, rtol=0)
 
+def test_the_denoising_chain_runs_from_the_noise_to_the_sample():
+    """TensorBoard's denoising_chain grid: each row starts at the x_T that `sample` starts
+    from and ends at the image it returns; between them, the sampler's intermediate x_t."""
+    model = tiny_ddpm(sample_steps=6)
+    chain = model.denoising_chain(rows=3, columns=4, generator=torch.Generator().manual_seed(2))
+    rows = chain.view(3, 4, 1, 8, 8)
+    noise = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(rows[:, 0], noise.clamp(-1, 1))
+    torch.testing.assert_close(rows[:, -1], model.sample(3, torch.Generator().manual_seed(2)))
+    # Columns 1 and 2 are x_t after steps 2 and 4 of 6 (linspace(0, 6, 4) rounded).
+    states = [noise]
+    model.denoise(noise, model.network, None, model.sampling_settings(
+        defaults=model.sampling_defaults), None, states)
+    torch.testing.assert_close(rows[:, 1], states[2].clamp(-1, 1))
+    torch.testing.assert_close(rows[:, 2], states[4].clamp(-1, 1))
+
+
 def test_sampling_timesteps_run_evenly_from_t_minus_1_to_0():
     assert sampling_timesteps(1000, 5) == [999, 749, 500, 250, 0]
     assert sampling_timesteps(10, 10) == list(range(9, -1, -1))
@@ -428,6 +444,42 @@ def test_a_tiny_ddpm_learns_digits_in_a_few_steps(tmp_path):
     assert after < 0.5 * before, (before, after)
 
 
+class RecordUNetDtypes(L.Callback):
+    """The dtype of the U-Net's output in training steps, and the weights before and after."""
+
+    dtypes: set = set()
+    weights: list = []
+
+    def on_train_start(self, trainer, pl_module):
+        RecordUNetDtypes.dtypes = set()
+        RecordUNetDtypes.weights = [{n: p.detach().clone()
+                                     for n, p in pl_module.state_dict().items()}]
+        pl_module.network.register_forward_hook(
+            lambda module, inputs, output: RecordUNetDtypes.dtypes.add(output.dtype)
+            if module.training else None)
+
+    def on_train_end(self, trainer, pl_module):
+        RecordUNetDtypes.weights.append({n: p.detach().clone()
+                                         for n, p in pl_module.state_dict().items()})
+
+
+def test_ddpm_trains_under_bf16_mixed_precision(tmp_path):
+    cfg = compose_config(["model=ddpm", *TINY_UNET, *TINY, "trainer.precision=bf16-mixed",
+                          "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                          "trainer.limit_val_batches=1", "callbacks.image_grids=null",
+                          "logger=csv"], tmp_path)
+    with open_dict(cfg):
+        cfg.callbacks.record = {"_target_": f"{__name__}.RecordUNetDtypes"}
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss_epoch"]) and math.isfinite(metrics["val/ema_loss"])
+    assert RecordUNetDtypes.dtypes == {torch.bfloat16}  # autocast ran the U-Net in bf16 ...
+    before, after = RecordUNetDtypes.weights
+    for prefix in ("network.", "network_ema."):  # ... on float32 weights that trained
+        names = [n for n in after if n.startswith(prefix) and after[n].is_floating_point()]
+        assert names and all(after[n].dtype == torch.float32 for n in names)
+        assert any(not torch.equal(before[n], after[n]) for n in names), prefix
+
+
 def test_train_draws_sample_grids_and_generate_samples_the_run(tmp_path):
     run_dir = tmp_path / "ddpm"
     cfg = compose_config(["model=ddpm", *TINY_UNET, *TINY, "trainer.max_epochs=1",
@@ -436,6 +488,7 @@ def test_train_draws_sample_grids_and_generate_samples_the_run(tmp_path):
                          run_dir)
     train(cfg)
     assert (run_dir / "images" / "samples_epoch0000.png").exists()  # one row per class
+    assert (run_dir / "images" / "denoising_chain_epoch0000.png").exists()
     _, npz = generate(tool_config("generate", f"run={run_dir}", "num=6", "labels=[1,7]",
                                   "sampler=ddpm", "sample_steps=3", "guidance=2.0"))
     with np.load(npz) as saved:

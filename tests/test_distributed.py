@@ -19,7 +19,7 @@ from genmodels.config import build
 from genmodels.engine.random_streams import RandomStreams
 from genmodels.jobs.train import train
 
-from .conftest import FAST, ROOT, SMALL_DCGAN, run_train
+from .conftest import FAST, ROOT, SMALL_DCGAN, SMALL_DDPM, run_train
 
 DDP_GAN = ["model=dcgan", *SMALL_DCGAN, "trainer=ddp_cpu", "trainer.enable_progress_bar=false",
            "trainer.limit_val_batches=1", "test=false", "logger=csv", "dataset.batch_size=16",
@@ -44,8 +44,10 @@ class RecordFakes(L.Callback):
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.digests))
 
 
-def test_gan_trains_with_ddp_on_two_cpu_processes(tmp_path):
-    result = run_train("model=dcgan", "trainer=ddp_cpu", "trainer.max_epochs=1",
+@pytest.mark.parametrize("model", [["model=dcgan"], ["model=ddpm", *SMALL_DDPM]],
+                         ids=["dcgan", "ddpm"])
+def test_gans_and_diffusion_train_with_ddp_on_two_cpu_processes(model, tmp_path):
+    result = run_train(*model, "trainer=ddp_cpu", "trainer.max_epochs=1",
                        "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
                        "trainer.enable_progress_bar=false", "test=false",
                        # sample quality: measured by rank zero, shared with rank one

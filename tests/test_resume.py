@@ -16,7 +16,7 @@ from omegaconf import open_dict
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.train import train
 
-from .conftest import FAST, SMALL_DCGAN, TINY, compose_config, run_main, run_train
+from .conftest import FAST, SMALL_DCGAN, SMALL_DDPM, TINY, compose_config, run_main, run_train
 
 
 def weights(run_dir: Path, name: str = "last.ckpt") -> dict[str, torch.Tensor]:
@@ -27,7 +27,8 @@ def weights_step(run_dir: Path) -> int:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
 
 
-@pytest.mark.parametrize("model, extra", [("vae", []), ("dcgan", SMALL_DCGAN)])
+@pytest.mark.parametrize("model, extra", [("vae", []), ("dcgan", SMALL_DCGAN),
+                                          ("ddpm", SMALL_DDPM)])
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(model, extra, tmp_path):
     # Image grids stay on: their fixed noise must not disturb the training noise.
     args = [f"model={model}", *extra, *TINY, "logger=csv", "trainer.limit_train_batches=3"]
@@ -68,6 +69,7 @@ class InterruptAt(L.Callback):
 @pytest.mark.parametrize("model, extra", [
     ("vae", ["dataset.binarize=dynamic"]),
     ("dcgan", [*SMALL_DCGAN, "model.replay_capacity=24"]),
+    ("ddpm", SMALL_DDPM),  # t, noise, dropout, and the EMA with its warm-up
 ])
 def test_a_run_resumed_after_sigterm_mid_epoch_ends_with_the_uninterrupted_weights(
         model, extra, tmp_path):

@@ -18,13 +18,13 @@ from genmodels.engine.runs import load_model
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.train import train
 
-from .conftest import FAST, SMALL_DCGAN, run_train
+from .conftest import FAST, SMALL_DCGAN, SMALL_DDPM, run_train
 
 MODELS = ["ae", "vae", "dcgan", "ddpm"]
 MAIN_LOSS = {"ae": "train/loss_step", "vae": "train/loss_step", "dcgan": "train/d_loss_step",
              "ddpm": "train/loss_step"}
 # The same code paths at a fraction of the cost: a narrow U-Net, grids in 4 DDIM steps.
-SMALL = {"ddpm": ["model.network.widths=[8,16]", "model.sample_steps=4"]}
+SMALL = {"ddpm": SMALL_DDPM}
 
 
 def read_metrics(output_dir: Path) -> list[dict[str, str]]:

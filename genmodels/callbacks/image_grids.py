@@ -18,7 +18,9 @@ class ImageGrids(L.Callback):
     - `reconstructions` (models with `reconstruct`): rows of inputs over their
       reconstructions, for a fixed set of validation images;
     - `denoising` (models that also have `corrupt`): rows of corrupted inputs, their
-      restorations and the clean images.
+      restorations and the clean images;
+    - `denoising_chain` (diffusion models): rows of x_t from the noise x_T to the sample
+      x_0, from the same fixed noise every epoch.
 
     Grids go to TensorBoard (when it is a logger) and, with `save_dir`, to PNG files.
     Sampling runs on rank zero only, in eval mode, and calls no collective, so it cannot
@@ -52,6 +54,9 @@ class ImageGrids(L.Callback):
                                                     labels=labels)
             else:
                 grids["samples"] = pl_module.sample(self.num_samples, generator=generator)
+            if hasattr(pl_module, "denoising_chain"):
+                grids["denoising_chain"] = pl_module.denoising_chain(
+                    generator=torch.Generator().manual_seed(self.seed))
         if self.num_reconstructions and hasattr(pl_module, "reconstruct"):
             x = self.val_images.to(pl_module.device)
             pairs = torch.stack([x, pl_module.reconstruct(x)], dim=1)  # input over output

@@ -249,9 +249,26 @@ class DDPM(ClassConditional, GenerativeModel):
         x = self.randn(n, *self.image_shape, generator=generator)  # x_T ~ N(0, I)
         return self.denoise(x, network, labels, settings, generator)
 
+    @torch.no_grad()
+    def denoising_chain(self, rows: int = 8, columns: int = 8,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """`rows` samples, each as a row of `columns` images from x_T (the noise) through
+        x_t at evenly spaced steps of the model's sampler to x_0, as `sample` draws them
+        from the same generator: (rows * columns, C, H, W) in [-1, 1], row by row."""
+        settings = self.sampling_settings(defaults=self.sampling_defaults)
+        x = self.randn(rows, *self.image_shape, generator=generator)
+        states = [x]
+        self.denoise(x, self.sampling_network(None), self.sampling_labels(rows, None),
+                     settings, generator, states)
+        picks = torch.linspace(0, len(states) - 1, columns).round().long().tolist()
+        chain = torch.stack([states[i] for i in picks], dim=1)  # (rows, columns, C, H, W)
+        return chain.flatten(0, 1).clamp(-1.0, 1.0)
+
     def denoise(self, x: torch.Tensor, network, labels, settings: dict,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """x_T -> x_0 in settings["steps"] steps of the chosen sampler."""
+                generator: torch.Generator | None = None,
+                states: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """x_T -> x_0 in settings["steps"] steps of the chosen sampler; each step's x is
+        appended to `states` when given."""
         n = len(x)
         timesteps = sampling_timesteps(self.timesteps, settings["steps"])
         noisy = settings["sampler"] == "ddpm" or settings["eta"] > 0
@@ -270,6 +287,8 @@ class DDPM(ClassConditional, GenerativeModel):
             else:
                 eps = self.schedule.predicted_noise(x, t_batch, x0)  # of the clipped x_0
                 x = ddim_step(x, x0, eps, abar_t, abar_prev, settings["eta"], z)
+            if states is not None:
+                states.append(x)
         return x.clamp(-1.0, 1.0)
 
     # ----- DDIM inversion: images <-> their noise, for the latent-space tools ---------------
