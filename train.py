@@ -4,6 +4,7 @@ Every option is a Hydra config under conf/; `python train.py --help` lists them.
 """
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from genmodels.config import check_overrides_compose, task_function
+from genmodels.data.downloads import check_data_available
 from genmodels.engine.rundirs import (
     RunDirectory,
     StoppedBySignal,
@@ -34,10 +36,14 @@ from genmodels.jobs.sweeps import (
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    # Imported here, so that `--help` answers without loading PyTorch.
-    from genmodels.jobs.train import optimized_value
-
     try:
+        if not cfg.get("resume") and first_process_of_node():
+            # A dataset that is neither there nor downloadable, in seconds: before Lightning
+            # and the models load. (A resumed run's data keys are read from its own config.)
+            check_data_available(cfg.dataset)
+        # Imported here, so that `--help` answers without loading PyTorch.
+        from genmodels.jobs.train import optimized_value
+
         # The job: `genmodels.jobs.train.train` unless an experiment names another `task`.
         metrics = task_function(cfg.get("task", "genmodels.jobs.train.train"))(cfg)
         # Sweepers (e.g. Optuna) optimise the value returned here.
@@ -59,6 +65,13 @@ def main(cfg: DictConfig) -> float | None:
         if not user_error:
             raise
         sys.exit(f"Error: {error}")
+
+
+def first_process_of_node() -> bool:
+    """Not one of the processes DDP starts beside the first, nor a later task of a SLURM
+    node: those leave downloads to the first (as Lightning's prepare_data does)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("SLURM_LOCALID",
+                                                                          "0") == "0"
 
 
 def run() -> None:

@@ -1,6 +1,5 @@
 """Bad input gets one sentence naming the bad value, never a traceback (issue 10)."""
 
-import gzip
 import json
 from pathlib import Path
 
@@ -12,12 +11,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 
 from genmodels.config import check_override_types
-from genmodels.data import IdxDataModule
+from genmodels.data import IdxDataModule, write_idx
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.train import train
 
 from .conftest import CONF, FAST, run_main
-from .test_data import idx_bytes, write_idx
 
 TINY = [*FAST, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test=false"]
 
@@ -57,7 +55,8 @@ def test_truncated_or_swapped_idx_files_are_named(tmp_path):
     with pytest.raises(GenmodelsError, match="cut-idx3-ubyte is truncated or damaged"):
         load(cut, labels)
     zipped = tmp_path / "cut-idx3-ubyte.gz"
-    zipped.write_bytes(gzip.compress(idx_bytes(np.zeros((20, 28, 28))))[:40])
+    write_idx(zipped, np.zeros((20, 28, 28)))  # gzipped
+    zipped.write_bytes(zipped.read_bytes()[:40])
     with pytest.raises(GenmodelsError, match="Cannot read IDX file .*cut-idx3-ubyte.gz"):
         load(zipped, labels)
 

@@ -128,7 +128,7 @@ def test_a_refused_resume_appends_nothing_to_the_runs_log(tmp_path, capsys):
 
 
 def test_a_conditional_gan_checks_every_label_before_training(tmp_path):
-    from .test_data import write_idx
+    from genmodels.data import write_idx
 
     labels = np.arange(200) % 10
     labels[150] = 200  # deep in the data: the first batches are fine

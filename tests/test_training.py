@@ -308,12 +308,18 @@ def test_train_py_runs_end_to_end_and_says_where_outputs_went(tmp_path):
     assert "View with:" in lines[-1] and "Final metrics:" in lines[-5], lines[-6:]
 
 
-def test_missing_dataset_stops_with_a_clear_message(tmp_path):
+def test_missing_dataset_stops_with_a_clear_message_before_lightning_loads(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("PYTHONPROFILEIMPORTTIME", "1")  # each import, on stderr
     result = run_train("dataset=mnist", f"dataset.data_dir={tmp_path / 'empty'}",
                        "dataset.download=false", cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert f"Error: The mnist dataset is not in {tmp_path / 'empty'}" in result.stderr
     assert "MNIST/raw/" in result.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "torchvision" in imported and "lightning" not in imported
+    assert not list((tmp_path / "logs").glob("runs/*"))  # a refused start leaves no run
 
 

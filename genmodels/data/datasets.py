@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image, UnidentifiedImageError
 
 from genmodels.data.datamodule import InMemoryImageDataModule, prepare_images
+from genmodels.data.downloads import CELEBA, CIFAR10, FASHION, MNIST, Download
 from genmodels.errors import GenmodelsError
 from genmodels.files import user_path, write_atomically
 
@@ -106,33 +106,14 @@ class IdxDataModule(InMemoryImageDataModule):
 class TorchvisionDataModule(InMemoryImageDataModule):
     """A dataset that torchvision downloads, with its official train and test splits."""
 
-    dataset_class: type
-    expected_files: str  # what the user should put in data_dir, for the error message
+    source: Download  # the torchvision dataset, its files and their error message
 
     def prepare_data(self) -> None:
-        for train in (True, False):  # downloads on the first process of each node only
-            self.open(train, download=self.download)
+        # Downloads on the first process of each node only.
+        self.source.prepare(self.data_dir, self.download)
 
-    def open(self, train: bool, download: bool = False):
-        try:
-            return self.dataset_class(self.data_dir, train=train, download=download)
-        except (RuntimeError, OSError) as error:
-            raise GenmodelsError(self.missing_message(error, download)) from None
-
-    # For the IDX datasets: other files of the same format can be read by dataset=idx.
-    idx_hint = ""
-
-    def missing_message(self, error: Exception, download: bool) -> str:
-        # torchvision's message is "Error downloading <file>:", then each mirror tried
-        # and its error: the first line and the last error say what happened.
-        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-        reason = " ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else repr(error)
-        reason = reason if download else "dataset.download=false"
-        return (
-            f"The {self.name} dataset is not in {Path(self.data_dir).resolve()} and could not "
-            f"be downloaded ({reason}). Put {self.expected_files} there, or point "
-            f"dataset.data_dir to the folder that holds them{self.idx_hint}."
-        )
+    def open(self, train: bool):
+        return self.source.open(self.data_dir, train=train)
 
     def load(self):
         splits = {}
@@ -147,31 +128,15 @@ class TorchvisionDataModule(InMemoryImageDataModule):
 
 
 class MNISTDataModule(TorchvisionDataModule):
-    name = "mnist"
-    num_classes = 10
-    dataset_class = torchvision.datasets.MNIST
-    expected_files = ("MNIST/raw/ with train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                      "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (unpacked)")
-    idx_hint = ("; IDX files kept under other names load with dataset=idx "
-                "dataset.images=<...-images-idx3-ubyte[.gz]> "
-                "dataset.labels=<...-labels-idx1-ubyte[.gz]>")
+    name, source, num_classes = "mnist", MNIST, 10
 
 
 class FashionMNISTDataModule(TorchvisionDataModule):
-    name = "fashion"
-    num_classes = 10
-    dataset_class = torchvision.datasets.FashionMNIST
-    expected_files = ("FashionMNIST/raw/ with train-images-idx3-ubyte, "
-                      "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
-                      "t10k-labels-idx1-ubyte (unpacked)")
-    idx_hint = MNISTDataModule.idx_hint
+    name, source, num_classes = "fashion", FASHION, 10
 
 
 class CIFAR10DataModule(TorchvisionDataModule):
-    name = "cifar10"
-    num_classes = 10
-    dataset_class = torchvision.datasets.CIFAR10
-    expected_files = "cifar-10-batches-py/ (unpacked from cifar-10-python.tar.gz)"
+    name, source, num_classes = "cifar10", CIFAR10, 10
 
 
 class CelebADataModule(TorchvisionDataModule):
@@ -182,21 +147,11 @@ class CelebADataModule(TorchvisionDataModule):
     `self.attribute_names`.
     """
 
-    name = "celeba"
-    expected_files = ("celeba/ with img_align_celeba/ (the JPEG files), list_attr_celeba.txt, "
-                      "identity_CelebA.txt, list_bbox_celeba.txt, "
-                      "list_landmarks_align_celeba.txt and list_eval_partition.txt")
+    name, source = "celeba", CELEBA
     official_splits = {"train": "train", "val": "valid", "test": "test"}
 
-    def prepare_data(self) -> None:
-        self.open("train", download=self.download)
-
-    def open(self, split: str, download: bool = False):
-        try:
-            return torchvision.datasets.CelebA(self.data_dir, split=split, target_type="attr",
-                                               download=download)
-        except (RuntimeError, OSError) as error:
-            raise GenmodelsError(self.missing_message(error, download)) from None
+    def open(self, split: str):
+        return self.source.open(self.data_dir, split=split, target_type="attr")
 
     def load(self):
         splits, self.attributes = {}, {}
