@@ -214,6 +214,30 @@ OmegaConf.register_new_resolver("if_resuming", if_resuming, replace=True)
 OmegaConf.register_new_resolver("name_suffix", name_suffix, replace=True)
 
 
+SWEEP_FUNCTIONS = re.compile(r"\s*(choice|range|interval|glob|tag)\(")
+
+
+def is_sweep(arg: str) -> bool:
+    """Whether an override sweeps (`model=ae,vae`, `lr=choice(1e-3,1e-4)`), rather than
+    giving one value, a list included (`widths=[16,8]`)."""
+    value = arg.split("=", 1)[-1]
+    if SWEEP_FUNCTIONS.match(value):
+        return True
+    depth, quote = 0, None
+    for char in value:
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            return True
+    return False
+
+
 def check_overrides_compose(config_dir: str, config_name: str, args: list[str]) -> None:
     """Compose `config_name` with the command line's overrides as Hydra is about to, and
     stop with one sentence on an unknown config group option (`model=vea`) or key
@@ -229,7 +253,7 @@ def check_overrides_compose(config_dir: str, config_name: str, args: list[str]) 
     )
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-    if any(arg.startswith("-") or "," in arg for arg in args):
+    if any(arg.startswith("-") or is_sweep(arg) for arg in args):
         return
     overrides = [arg for arg in args if not arg.startswith("hydra.")]
     GlobalHydra.instance().clear()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from genmodels.config import check_overrides_compose
+from genmodels.config import check_overrides_compose, is_sweep
 from genmodels.errors import GenmodelsError
 from genmodels.jobs.evaluate import evaluate
 from genmodels.jobs.generate import check_options
@@ -48,11 +48,23 @@ def test_train_options_are_refused_in_one_sentence(override, message, tmp_path):
                                         r"trainer.max_epochs\?\); valid keys under trainer: "),
     ("generate", ["nrwo=3"], r"Unknown key nrwo \(did you mean nrow\?\)"),
     ("evaluate", ["run=x", "splt=test"], r"Unknown key splt \(did you mean split\?\)"),
+    # A list value is one value, not a sweep (its commas sit inside brackets).
+    ("config", ["model=cgan", "model.generator.widths=[16,8]"],
+     r"Unknown key model.generator.widths; valid keys under model.generator: .*network"),
 ])
 def test_unknown_options_and_keys_name_the_closest_match(config, args, message):
     with pytest.raises(GenmodelsError, match=message):
         check_overrides_compose(str(CONF), config, args)
     check_overrides_compose(str(CONF), config, ["-m", *args])  # sweeps and flags: Hydra's
+
+
+@pytest.mark.parametrize("arg, sweeps", [
+    ("model=ae,vae", True), ("model.optimizer.lr=choice(1e-3,1e-4)", True),
+    ("seed=range(1,4)", True), ("model.generator.widths=[16,8]", False),
+    ("tags=[a,b]", False), ('name="a,b"', False), ("x={a:1,b:2}", False),
+])
+def test_a_sweep_is_told_from_a_list_value(arg, sweeps):
+    assert is_sweep(arg) is sweeps
 
 
 @pytest.mark.parametrize("override, message", [
