@@ -90,10 +90,12 @@ def manifold(model, n: int = 20, span: float = 3.0, quantiles: bool = False) -> 
 
 @torch.no_grad()
 def semantic_interpolation(model, rows: int, cols: int, small_grid: tuple[int, int] = (3, 3),
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+                           generator: torch.Generator | None = None,
+                           **decode_options) -> torch.Tensor:
     """Draw a small grid (e.g. 3x3) of random codings, upsample it bilinearly to rows x cols
     and decode: (rows*cols, C, H, W) images that morph smoothly between the random draws,
-    which sit at the grid's corners and along its edges (align_corners)."""
+    which sit at the grid's corners and along its edges (align_corners). `decode_options`
+    go to the model's decode (a conditional model's `labels`: one class for the grid)."""
     require(model, "decode")
     small_rows, small_cols = small_grid
     if min(small_rows, small_cols) < 2 or rows < small_rows or cols < small_cols:
@@ -103,7 +105,7 @@ def semantic_interpolation(model, rows: int, cols: int, small_grid: tuple[int, i
     dim = latent_dim(model)
     corners = torch.randn(1, dim, small_rows, small_cols, generator=generator)
     grid = F.interpolate(corners, size=(rows, cols), mode="bilinear", align_corners=True)
-    return model.decode(grid[0].flatten(1).T.contiguous().to(model.device))
+    return model.decode(grid[0].flatten(1).T.contiguous().to(model.device), **decode_options)
 
 
 def slerp(z_a: torch.Tensor, z_b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

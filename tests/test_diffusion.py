@@ -648,6 +648,7 @@ def test_bad_sampling_arguments_are_refused():
                              ({"ema": True}, "keeps an EMA of its weights")):
         with pytest.raises(GenmodelsError, match=message):
             model.sample(2, **options)
-    with pytest.raises(GenmodelsError, match=r"labels must be 2 class indices in \[0, 3\)"):
+    with pytest.raises(GenmodelsError, match=r"labels must be one class index or 2 of them, "
+                                             r"in \[0, 3\)"):
         tiny_ddpm(num_classes=3).sample(2, labels=[0, 3])
 

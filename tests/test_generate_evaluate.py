@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -620,10 +621,6 @@ def test_a_gan_walks_between_seeds_through_its_ema_generator(gan_runs, tmp_path)
     with pytest.raises(GenmodelsError, match="Interpolating between images needs an encoder, "
                                              "which GAN lacks: walk between prior draws"):
         generate(tool_config("generate", f"run={run}", "task=interpolate", "indices=[0,1]"))
-    with pytest.raises(GenmodelsError, match="This GAN is conditional: a latent walk keeps "
-                                             "one class, e.g. task=interpolate labels=\\[3\\]"):
-        generate(tool_config("generate", f"run={gan_runs['cgan']}", "task=interpolate",
-                             f"out={tmp_path / 'cgan'}"))
 
 
 def test_a_conditional_gan_walks_between_seeds_within_a_class_per_row(gan_runs, tmp_path):
@@ -643,3 +640,28 @@ def test_a_conditional_gan_walks_between_seeds_within_a_class_per_row(gan_runs, 
     with pytest.raises(GenmodelsError, match=r"labels=\[3\] applies to conditional models"):
         generate(tool_config("generate", f"run={gan_runs['ema']}", "task=interpolate",
                              "labels=[3]", f"out={tmp_path / 'plain'}"))
+    # Without labels, row r keeps class r (0, 1, 2, ...).
+    _, npz = generate(tool_config("generate", f"run={run}", "task=interpolate", "rows=3",
+                                  "steps=2", f"out={tmp_path / 'default'}"))
+    assert np.load(npz)["labels"].tolist() == [0, 1, 2]
+
+
+def test_a_conditional_gans_semantic_grid_keeps_one_class(gan_runs, tmp_path):
+    run = gan_runs["cgan"]
+    model = load_model(run)
+    _, npz = generate(tool_config("generate", f"run={run}", "task=semantic", "nrow=4",
+                                  "labels=[7]", f"out={tmp_path / 'sevens'}"))
+    arrays = np.load(npz)
+    assert arrays["labels"].tolist() == [7]
+    # The grid of the unconditional task (bilinear between a 3x3 of draws), all of class 7
+    corners = torch.randn(1, 100, 3, 3, generator=torch.Generator().manual_seed(0))
+    z = F.interpolate(corners, size=(4, 4), mode="bilinear", align_corners=True)
+    expected = to_uint8(model, model.generator.eval()(z[0].flatten(1).T,
+                                                      torch.full((16,), 7)))
+    assert torch.equal(torch.from_numpy(arrays["images"]), expected)
+    _, npz = generate(tool_config("generate", f"run={run}", "task=semantic", "nrow=4",
+                                  f"out={tmp_path / 'default'}"))
+    assert np.load(npz)["labels"].tolist() == [0]  # by default the first class
+    with pytest.raises(GenmodelsError, match=r"task=semantic draws one grid of one class: "
+                                             r"give one label, e.g. labels=\[1\]"):
+        generate(tool_config("generate", f"run={run}", "task=semantic", "labels=[1,2]"))

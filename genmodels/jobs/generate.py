@@ -90,10 +90,7 @@ def interpolate_task(model, cfg: DictConfig):
                  if cfg.seeds is not None else list(range(2 * cfg.rows)))
         dim = latent.latent_dim(model)
         ends = [torch.randn(dim, generator=torch.Generator().manual_seed(s)) for s in seeds]
-        labels = as_list(cfg.labels)  # a conditional GAN: each row keeps one class
-        if labels is not None and getattr(model, "num_classes", None) is None:
-            raise GenmodelsError(f"labels={labels} applies to conditional models; "
-                                 f"{type(model).__name__} is not one.")
+        labels = walk_labels(model, cfg)  # a conditional model: each row keeps one class
         row_labels = (None if labels is None
                       else [labels[row % len(labels)] for row in range(len(ends) // 2)])
         rows = [latent.interpolate_codings(
@@ -131,10 +128,30 @@ def manifold_task(model, cfg: DictConfig):
     return to_uint8(model, images), {}, cfg.nrow
 
 
+def walk_labels(model, cfg: DictConfig) -> list[int] | None:
+    """The classes a latent walk keeps, for a conditional model: `labels`, by default
+    0, 1, ..., num_classes - 1; None for an unconditional one (which refuses labels)."""
+    labels = as_list(cfg.labels)
+    num_classes = getattr(model, "num_classes", None)
+    if labels is not None and num_classes is None:
+        raise GenmodelsError(f"labels={labels} applies to conditional models; "
+                             f"{type(model).__name__} is not one.")
+    return list(range(num_classes)) if labels is None and num_classes else labels
+
+
 def semantic_task(model, cfg: DictConfig):
+    """A grid morphing between random codings (of one class, for a conditional model:
+    `labels=[c]`, by default the first class)."""
+    labels = walk_labels(model, cfg)
+    if cfg.labels is not None and len(labels) != 1:
+        raise GenmodelsError(f"task=semantic draws one grid of one class: give one label, "
+                             f"e.g. labels=[{labels[0]}]; got labels={labels}.")
+    options = {} if labels is None else {"labels": labels[0]}
     generator = torch.Generator().manual_seed(cfg.seed)
-    images = latent.semantic_interpolation(model, cfg.nrow, cfg.nrow, generator=generator)
-    return to_uint8(model, images), {}, cfg.nrow
+    images = latent.semantic_interpolation(model, cfg.nrow, cfg.nrow, generator=generator,
+                                           **options)
+    extra = {} if labels is None else {"labels": np.array(labels[:1])}
+    return to_uint8(model, images), extra, cfg.nrow
 
 
 def arithmetic_task(model, cfg: DictConfig):

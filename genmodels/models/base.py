@@ -63,8 +63,9 @@ class ClassConditional:
             self.check_labels(torch.cat([splits[s][1] for s in ("train", "val") if s in splits]))
 
     def sampling_labels(self, n: int, labels) -> torch.Tensor | None:
-        """The classes of n samples: `labels` checked, by default 0, 1, ..., num_classes - 1,
-        0, 1, ...; None for an unconditional model (which refuses labels)."""
+        """The classes of n samples: `labels` (one class for all, or one each) checked, by
+        default 0, 1, ..., num_classes - 1, 0, 1, ...; None for an unconditional model
+        (which refuses labels)."""
         if self.num_classes is None:
             if labels is not None:
                 raise GenmodelsError(f"labels were given, but this {type(self).__name__} is not "
@@ -73,9 +74,11 @@ class ClassConditional:
             return None
         if labels is None:
             labels = torch.arange(n) % self.num_classes
-        labels = torch.as_tensor(labels, dtype=torch.long)
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if len(labels) == 1:
+            labels = labels.expand(n)
         if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
-            raise GenmodelsError(f"labels must be {n} class indices in [0, "
+            raise GenmodelsError(f"labels must be one class index or {n} of them, in [0, "
                                  f"{self.num_classes}), got {labels.tolist()}.")
         return labels.to(self.device)
 

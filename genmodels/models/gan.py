@@ -297,15 +297,10 @@ class GAN(ClassConditional, GenerativeModel):
     def decode(self, z: torch.Tensor, labels=None) -> torch.Tensor:
         """G's images for given latents z (n, latent_dim), from the EMA copy of G when
         there is one (as `sample`): what the latent-space tools walk (interpolation between
-        seeds, semantic grids). A conditional GAN draws every image of the class in
-        `labels` (one, or one per image). Noise the network draws itself (StyleGAN's) is
-        the same at every call, so that a walk changes with z alone."""
-        if self.num_classes is not None and labels is None:
-            raise GenmodelsError("This GAN is conditional: a latent walk keeps one class, "
-                                 "e.g. task=interpolate labels=[3] (one per row); its "
-                                 "grids (task=semantic) are not conditional yet.")
-        if labels is not None:  # one class for all the images, or one each
-            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1).expand(len(z))
+        seeds, semantic grids). A conditional GAN draws the classes in `labels` (one for
+        all the images, or one each; by default 0, 1, 2, ... as `sample`). Noise the network
+        draws itself (StyleGAN's) is the same at every call, so that a walk changes with z
+        alone."""
         labels = self.sampling_labels(len(z), labels)
         network = self.ema_generator() if self.generator_ema is not None else self.generator
         with global_rng_seeded_from(torch.Generator().manual_seed(0), self.device):
