@@ -30,6 +30,7 @@ from genmodels.jobs.sweeps import (
     SweepSummary,
     finish_unfinished_sweep,
     record_failed_job,
+    search_ended_without_a_result,
     search_stop,
 )
 
@@ -46,18 +47,24 @@ def main(cfg: DictConfig) -> float | None:
 
         # The job: `genmodels.jobs.train.train` unless an experiment names another `task`.
         metrics = task_function(cfg.get("task", "genmodels.jobs.train.train"))(cfg)
-        # Sweepers (e.g. Optuna) optimise the value returned here.
-        return optimized_value(cfg, metrics)
+        # Sweepers (e.g. Optuna) optimise the value returned here; None: a diverged run.
+        value = optimized_value(cfg, metrics)
+        if value is None and HydraConfig.get().mode == RunMode.MULTIRUN and (
+                stop := search_ended_without_a_result()) is not None:
+            raise stop
+        return value
     except Exception as error:
         user_error = isinstance(error, GenmodelsError)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # One job of a sweep failed: its table lists the job as failed with this
             # reason. A bug keeps its traceback, in the job's log. The sweep goes on
             # (Optuna records a failed trial), unless a search's trial was refused
-            # before training: the next trials would be refused alike.
+            # before training (the next trials would be refused alike), or it was the
+            # search's last and none completed.
             logging.getLogger(__name__).error("Error: %s", error, exc_info=not user_error)
             record_failed_job(error)
-            if (stop := search_stop(error, RunDirectory.trained)) is not None:
+            if (stop := search_stop(error, RunDirectory.trained)
+                    or search_ended_without_a_result()) is not None:
                 raise stop from error
             return None
         RunDirectory.discard_if_unused()  # a refused start leaves no trace
@@ -99,9 +106,7 @@ def run() -> None:
             else "; the run's checkpoints are kept." if RunDirectory.trained
             else " before the first training step: nothing of this start is kept."))
     except SearchStopped as stop:
-        logging.getLogger(__name__).info(
-            "Search stopped at %s, refused before training: a problem with the data or "
-            "the config, which its next trials would meet too.", stop.job)
+        logging.getLogger(__name__).info("Search stopped at %s, %s.", stop.job, stop.why)
         sys.exit(f"Error: {stop}")  # after the sweep's tables (finally, below)
     finally:
         # A sweep that ended early (Optuna without a completed trial, Ctrl-C) skipped

@@ -150,11 +150,13 @@ def test_an_optuna_search_stops_at_a_trial_refused_before_training(tmp_path, cap
     assert "| 0_vae_fashion | failed |" in (sweep / "sweep_summary.md").read_text()
 
 
-def test_an_optuna_search_without_a_completed_trial_still_writes_its_table(tmp_path):
-    # Both trials diverge (a legitimate failed trial: the search goes on); Optuna then has
-    # no best trial and raises, and Hydra skips its end-of-sweep callbacks.
+def test_an_optuna_search_without_a_completed_trial_says_so_and_writes_its_table(tmp_path):
+    # Both trials diverge (a legitimate failed trial: the search goes on); Optuna would then
+    # have no best trial and raise its own ValueError, and Hydra skip its end-of-sweep
+    # callbacks: the last trial stops the search in one sentence instead.
     sweep = tmp_path / "sweep"
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="Error: None of the search's 2 trials completed "
+                                         r"\(each failed or diverged.*no best trial"):
         run_main("hparams_search=vae_optuna", "hydra.sweeper.n_trials=2",
                  "model.optimizer.lr=1e6", "trainer.max_epochs=1", *TINY,
                  "callbacks.image_grids=null", f"hydra.sweep.dir={sweep}")

@@ -41,15 +41,18 @@ def record_failed_job(error: BaseException) -> None:
 
 
 class SearchStopped(BaseException):
-    """A trial of a search was refused before its first training step (a missing dataset,
-    a bad config key or value): the search stops there, since its other trials would be
-    refused alike, instead of recording the same failure n_trials times. A BaseException,
-    so that Hydra's job runner and the sweeper, which catch Exception to record a failed
-    trial and go on, let it through to train.py, which prints its message."""
+    """A search stops: a trial was refused before its first training step (a missing
+    dataset, a bad config key or value), since its other trials would be refused alike,
+    instead of recording the same failure n_trials times; or its last trial ended with none
+    completed. A BaseException, so that Hydra's job runner and the sweeper, which catch
+    Exception to record a failed trial and go on, let it through to train.py, which prints
+    its message (and logs `why` it stopped at `job`)."""
 
-    def __init__(self, message: str, job: str):
-        super().__init__(message, job)  # both, so that it crosses joblib's processes
-        self.message, self.job = message, job
+    def __init__(self, message: str, job: str,
+                 why: str = "refused before training: a problem with the data or the "
+                            "config, which its next trials would meet too"):
+        super().__init__(message, job, why)  # all, so that it crosses joblib's processes
+        self.message, self.job, self.why = message, job, why
 
     def __str__(self) -> str:
         return self.message
@@ -67,6 +70,27 @@ def search_stop(error: BaseException, trained: bool) -> SearchStopped | None:
             or str(hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper")):
         return None
     return SearchStopped(str(error), Path(hydra.runtime.output_dir).name)
+
+
+def search_ended_without_a_result() -> SearchStopped | None:
+    """After a trial that failed or diverged: if it was a search's last (Optuna's n_trials),
+    the others are done and none completed, Optuna has no best trial and would end with its
+    own "ValueError: No trials are completed yet." and a traceback. A stop in one sentence
+    instead (the sweep's tables are written as for any stop)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra = HydraConfig.get()
+    n_trials = hydra.sweeper.get("n_trials")
+    if not isinstance(n_trials, int) or int(hydra.job.num) != n_trials - 1:
+        return None
+    finished = [row for row in collect_jobs(Path(hydra.sweep.dir))
+                if (Path(hydra.sweep.dir) / row["job"] / "summary.json").is_file()]
+    if len(finished) < n_trials or any(row["status"] == "ok" for row in finished):
+        return None  # a trial still running (parallel jobs) may yet complete
+    return SearchStopped(
+        f"None of the search's {n_trials} trials completed (each failed or diverged, for the "
+        "reasons in the sweep's table), so Optuna has no best trial to report.",
+        Path(hydra.runtime.output_dir).name, why="its last trial, none of them completed")
 
 
 def metric_unit(metric: str, model: dict) -> str | None:
