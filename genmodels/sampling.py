@@ -66,7 +66,7 @@ def sampling_options(model, labels=None, temperature: float = 1.0,
 @torch.no_grad()
 def sample_images(model, n: int, seed: int = 0, labels=None, temperature: float = 1.0,
                   ema: bool | None = None, truncation: float | None = None,
-                  diffusion: dict | None = None, batch_size: int = 1000,
+                  diffusion: dict | None = None, batch_size: int | None = None,
                   progress: bool = False) -> torch.Tensor:
     """n samples as uint8 (N, C, H, W) CPU images, reproducible from `seed`.
 
@@ -75,8 +75,13 @@ def sample_images(model, n: int, seed: int = 0, labels=None, temperature: float 
     one, True insists on it, False takes the live generator.
     truncation: StyleGAN's truncation psi (None: none).
     diffusion: a DDPM's sample_steps, sampler, eta and guidance (None: its defaults).
+    batch_size: images per `model.sample` call; None: 1000 on a GPU, 100 on a CPU (where
+    larger batches only allocate more: 2,000 DDIM samples of the ddpm config took 1.65x
+    as long in batches of 1000 as of 100 on two cores).
     progress: show a progress bar (on stderr) over the batches.
     """
+    if batch_size is None:
+        batch_size = 1000 if model.device.type == "cuda" else 100
     options = sampling_options(model, labels, temperature, ema, truncation, diffusion)
     if labels is not None:
         labels = torch.as_tensor(list(labels), dtype=torch.long)
