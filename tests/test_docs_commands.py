@@ -84,6 +84,7 @@ MISSING = {
     "dataset=celeba": "downloads CelebA",
     "experiment=vae_fashion": "downloads Fashion-MNIST",
     "experiment=dcgan_fashion": "downloads Fashion-MNIST",
+    "experiment=ddpm_mnist": "downloads MNIST",
     "<celeba vae run>": "needs a CelebA run (a download): digits have no attributes",
     "trainer=gpu": "needs a GPU",
     "trainer=ddp": "needs GPUs",
