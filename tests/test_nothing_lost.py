@@ -277,3 +277,20 @@ def test_a_deleted_working_directory_is_one_sentence(script, tmp_path):
     assert done.returncode == 1 and done.stderr.strip() == (
         "Error: The working directory no longer exists (deleted or moved since the shell "
         "entered it): cd to an existing folder and run again."), done.stderr[-2000:]
+
+
+def test_a_resumed_run_stopped_before_its_first_step_writes_no_interrupted_checkpoint(
+        tmp_path, monkeypatch):
+    # It would be a copy of the checkpoint it resumed from: clutter, and the newest file.
+    run_dir = tmp_path / "run"
+    train(compose_config(["model=vae", *TINY, "logger=csv", "trainer.max_epochs=1"], run_dir))
+
+    def fail(self, trainer, pl_module):
+        raise RuntimeError("stopped before the first step")
+
+    from genmodels.engine.random_streams import RandomStreams
+
+    monkeypatch.setattr(RandomStreams, "on_train_start", fail)
+    with pytest.raises(RuntimeError, match="before the first step"):
+        train(compose_config([f"resume={run_dir}", "trainer.max_epochs=2"], run_dir))
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) == ["last.ckpt"]

@@ -16,8 +16,9 @@ log = logging.getLogger(__name__)
 
 
 class InterruptedCheckpoint(OnExceptionCheckpoint):
-    """Lightning's `OnExceptionCheckpoint`, skipped when nothing was trained yet (an error
-    while loading data must not leave a checkpoint of untrained weights behind).
+    """Lightning's `OnExceptionCheckpoint`, skipped when this start trained nothing yet (an
+    error while loading data must not leave a checkpoint of untrained weights behind, nor
+    a resumed run a copy of the checkpoint it resumed from).
 
     Lightning turns SIGTERM into an exception once the step under way has finished, and
     calls `on_exception`: the state after that whole step is saved, and a resumed run
@@ -37,8 +38,10 @@ class InterruptedCheckpoint(OnExceptionCheckpoint):
         self.saved = False
         self.ctrl_c = False  # whether Ctrl-C stopped the run
         self.sigint_handler = None  # the one to restore after training
+        self.started_at: int | None = None  # the global step this start's training began at
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.started_at = trainer.global_step
         lightning_sigterm = signal.getsignal(signal.SIGTERM)
         if (trainer.world_size > 1 or not callable(lightning_sigterm)
                 or threading.current_thread() is not threading.main_thread()):
@@ -61,7 +64,8 @@ class InterruptedCheckpoint(OnExceptionCheckpoint):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.restore_sigint()
-        if trainer.global_step == 0 or isinstance(exception, TrainingDiverged):
+        if trainer.global_step in (0, self.started_at) or self.started_at is None or \
+                isinstance(exception, TrainingDiverged):
             return
         try:
             super().on_exception(trainer, pl_module, exception)
