@@ -267,6 +267,28 @@ def test_pretraining_experiment_reports_both_accuracies(make_config, caplog):
     for name in ("pretrained", "scratch"):
         assert row["metrics"][f"hp/{name}/test/acc"] == pytest.approx(metrics[f"{name}/test/acc"])
     assert "hp/autoencoder/val/loss" in row["metrics"]
+    # The run's own summary.json, which a sweep's table reads: status and both accuracies
+    from genmodels.jobs.sweeps import read_job
+
+    job = read_job(output_dir)
+    assert job["status"] == "ok"
+    assert job["metrics"]["pretrained/test/acc"] == pytest.approx(metrics["pretrained/test/acc"])
+    assert any(name.startswith("autoencoder/val/loss") for name in job["metrics"])
+
+
+def test_a_diverged_pretraining_run_says_so_in_its_summary(make_config, monkeypatch):
+    from genmodels.errors import TrainingDiverged
+    from genmodels.jobs.sweeps import read_job
+    from genmodels.models.autoencoder import AutoEncoder
+
+    monkeypatch.setattr(AutoEncoder, "reconstruction_loss",
+                        lambda self, x, codings: codings.sum() * float("nan"))
+    cfg = make_config("experiment=pretrain_classifier", *FAST, "trainer.max_epochs=1",
+                      "trainer.limit_train_batches=4", "trainer.limit_val_batches=1",
+                      "callbacks.image_grids=null", "logger=csv")
+    with pytest.raises(TrainingDiverged):
+        pretrain_classifier(cfg)
+    assert read_job(Path(cfg.paths.output_dir))["status"] == "diverged"
 
 
 def test_pretraining_prints_each_model_summary_without_the_flops_column(make_config, caplog,

@@ -9,7 +9,9 @@ from a freshly initialised encoder on the same images; report both test accuraci
 """
 
 import copy
+import json
 import logging
+import math
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +26,8 @@ from genmodels.engine.hparams import curated_hparams, log_hparams_session
 from genmodels.engine.model_summary import ModelSummary
 from genmodels.engine.rundirs import save_hydra_record
 from genmodels.engine.runs import load_model
-from genmodels.errors import GenmodelsError
+from genmodels.errors import GenmodelsError, TrainingDiverged
+from genmodels.files import write_text_atomically
 from genmodels.jobs.train import train
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,17 @@ def fit_classifier(cfg: DictConfig, name: str, encoder: torch.nn.Module, freeze:
     return float(trainer.callback_metrics["test/acc"])
 
 
+def save_run_summary(cfg: DictConfig, output_dir: Path, status: str,
+                     metrics: dict[str, float]) -> None:
+    """The run's own `summary.json` (its phases keep theirs): status and final metrics,
+    as a sweep's table reads them."""
+    summary = {"status": status, "name": cfg.get("name"), "tags": list(cfg.get("tags") or []),
+               "optimized_metric": cfg.get("optimized_metric"),
+               "metrics": {k: (v if math.isfinite(v) else None)
+                           for k, v in sorted(metrics.items())}}
+    write_text_atomically(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
 def pretrain_classifier(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     settings = cfg.pretrain
@@ -83,8 +97,12 @@ def pretrain_classifier(cfg: DictConfig) -> dict[str, float]:
     with open_dict(autoencoder_cfg):
         autoencoder_cfg.paths.output_dir = str(output_dir / "autoencoder")
     log.info("Phase 1/3: autoencoder %s on all training images.", cfg.model._target_)
-    metrics = {f"autoencoder/{k}": v for k, v in train(autoencoder_cfg).items()
-               if k.startswith(("val/", "test/"))}
+    try:
+        metrics = {f"autoencoder/{k}": v for k, v in train(autoencoder_cfg).items()
+                   if k.startswith(("val/", "test/"))}
+    except TrainingDiverged:
+        save_run_summary(cfg, output_dir, "diverged", {})  # a sweep's table lists it so
+        raise
     save_hydra_record(cfg, output_dir)  # phase 1 passed the run's checks
     autoencoder = load_model(output_dir / "autoencoder")
     if not hasattr(autoencoder, "encoder"):
@@ -108,6 +126,7 @@ def pretrain_classifier(cfg: DictConfig) -> dict[str, float]:
                                          num_classes, output_dir)
 
     metrics |= {f"{name}/test/acc": value for name, value in accuracy.items()}
+    save_run_summary(cfg, output_dir, "ok", metrics)
     summary = TensorBoardLogger(output_dir, name="comparison", version="")
     summary.log_metrics({f"test_acc/{name}": value for name, value in accuracy.items()})
     summary.finalize("success")

@@ -138,7 +138,8 @@ def read_job(job_dir: Path) -> dict | None:
     model = OmegaConf.to_container(OmegaConf.load(config_file)).get("model", {}) \
         if config_file.is_file() else {}
     for name, value in metrics.items():
-        if name.startswith(("val/", "test/")):
+        # val/..., test/..., and a pretraining run's phases: autoencoder/val/..., ...
+        if {"val", "test"} & set(name.split("/")[:-1]):
             unit = metric_unit(name, model)
             row["metrics"][f"{name} [{unit}]" if unit else name] = value
     return row
