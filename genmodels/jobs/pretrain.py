@@ -9,9 +9,7 @@ from a freshly initialised encoder on the same images; report both test accuraci
 """
 
 import copy
-import json
 import logging
-import math
 from pathlib import Path
 
 import lightning as L
@@ -27,8 +25,7 @@ from genmodels.engine.model_summary import ModelSummary
 from genmodels.engine.rundirs import save_hydra_record
 from genmodels.engine.runs import load_model
 from genmodels.errors import GenmodelsError, TrainingDiverged
-from genmodels.files import write_text_atomically
-from genmodels.jobs.train import train
+from genmodels.jobs.train import save_summary, train
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +74,6 @@ def fit_classifier(cfg: DictConfig, name: str, encoder: torch.nn.Module, freeze:
     return float(trainer.callback_metrics["test/acc"])
 
 
-def save_run_summary(cfg: DictConfig, output_dir: Path, status: str,
-                     metrics: dict[str, float]) -> None:
-    """The run's own `summary.json` (its phases keep theirs): status and final metrics,
-    as a sweep's table reads them."""
-    summary = {"status": status, "name": cfg.get("name"), "tags": list(cfg.get("tags") or []),
-               "optimized_metric": cfg.get("optimized_metric"),
-               "metrics": {k: (v if math.isfinite(v) else None)
-                           for k, v in sorted(metrics.items())}}
-    write_text_atomically(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-
-
 def pretrain_classifier(cfg: DictConfig) -> dict[str, float]:
     output_dir = Path(cfg.paths.output_dir)
     settings = cfg.pretrain
@@ -101,7 +87,8 @@ def pretrain_classifier(cfg: DictConfig) -> dict[str, float]:
         metrics = {f"autoencoder/{k}": v for k, v in train(autoencoder_cfg).items()
                    if k.startswith(("val/", "test/"))}
     except TrainingDiverged:
-        save_run_summary(cfg, output_dir, "diverged", {})  # a sweep's table lists it so
+        # The run's own summary.json (its phases keep theirs), for a sweep's table.
+        save_summary({}, cfg, None, output_dir, status="diverged")
         raise
     save_hydra_record(cfg, output_dir)  # phase 1 passed the run's checks
     autoencoder = load_model(output_dir / "autoencoder")
@@ -126,7 +113,7 @@ def pretrain_classifier(cfg: DictConfig) -> dict[str, float]:
                                          num_classes, output_dir)
 
     metrics |= {f"{name}/test/acc": value for name, value in accuracy.items()}
-    save_run_summary(cfg, output_dir, "ok", metrics)
+    save_summary(metrics, cfg, None, output_dir)
     summary = TensorBoardLogger(output_dir, name="comparison", version="")
     summary.log_metrics({f"test_acc/{name}": value for name, value in accuracy.items()})
     summary.finalize("success")

@@ -287,16 +287,17 @@ def save_config(config: dict, output_dir: Path, command: DictConfig) -> None:
 
 
 @rank_zero_only
-def save_summary(metrics: dict[str, float], cfg: DictConfig, trainer: L.Trainer,
+def save_summary(metrics: dict[str, float], cfg: DictConfig, trainer: L.Trainer | None,
                  output_dir: Path, status: str = "ok") -> None:
-    """`summary.json`: the status (ok or diverged) and final metrics of the run, read by
-    the sweep summary table."""
+    """`summary.json`: the status (ok or diverged) and final metrics of the run (val/...,
+    test/..., train/... epoch means, also under a phase's name: autoencoder/val/...), and
+    where its trainer stopped, read by the sweep summary table."""
     final = {k: (v if math.isfinite(v) else None) for k, v in sorted(metrics.items())
-             if k.startswith(("val/", "test/", "train/")) and not k.endswith("_step")}
+             if {"val", "test", "train"} & set(k.split("/")[:-1]) and not k.endswith("_step")}
+    stopped_at = ({"epochs": trainer.current_epoch, "global_step": trainer.global_step}
+                  if trainer is not None else {})
     summary = {"status": status, "name": cfg.get("name"), "tags": list(cfg.get("tags") or []),
-               "epochs": trainer.current_epoch,
-               "global_step": trainer.global_step,
-               "optimized_metric": cfg.get("optimized_metric"), "metrics": final}
+               **stopped_at, "optimized_metric": cfg.get("optimized_metric"), "metrics": final}
     write_text_atomically(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
 
