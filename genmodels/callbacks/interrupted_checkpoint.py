@@ -64,7 +64,8 @@ class InterruptedCheckpoint(OnExceptionCheckpoint):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.restore_sigint()
-        if trainer.global_step in (0, self.started_at) or self.started_at is None or \
+        # Nothing trained by this start: training never began, or took no step yet.
+        if self.started_at in (None, trainer.global_step) or \
                 isinstance(exception, TrainingDiverged):
             return
         try:
