@@ -17,9 +17,10 @@ on the 8,000 training images; the VAE also reports its -ELBO on the held-out ima
     python benchmarks/compare_keras.py score --mnist-dir data/MNIST/raw --out cmp
 
 `ours` takes `--accelerator cpu|gpu` and extra config overrides (`--override k=v ...`);
-each run's samples go to `<out>/<side>/<recipe>_seed<S>_epoch<E>.npz` (`_min<M>.npz` with
-`--minutes M`: training for M minutes of wall time, as `--recipe ddpm` against
-`--recipe dcgan-default` at equal time), so runs made on
+each run's samples go to `<out>/<side>/<tag>_seed<S>_epoch<E>.npz` (the tag is the recipe
+unless `--tag` names a variant; `_min<M>.npz` with `--minutes M`: training for M minutes
+of wall time, as `--recipe ddpm` against `--recipe dcgan-default` at equal time;
+`_step<N>.npz` with `--steps N`), so runs made on
 different machines can be copied into one folder and scored together.
 """
 
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,6 +47,7 @@ RECIPES = {"dcgan": ["experiment=dcgan_fashion"], "vae": ["experiment=vae_fashio
            "dcgan-default": ["model=dcgan", "dataset.batch_size=32"],
            "ddpm": ["experiment=ddpm_mnist"]}
 TRAIN, HELD_OUT, SAMPLES = 8000, 2000, 2000
+DIFFUSION_SAMPLING = ("sample_steps", "sampler", "eta", "guidance")
 
 # The official MNIST test set (10,000 images), as torchvision's MNIST downloads it into
 # <data_dir>/MNIST/raw/ (`python train.py dataset=mnist`).
@@ -84,10 +87,11 @@ def read_idx(path: Path) -> np.ndarray:
 
 def our_overrides(args, recipe: str, seed: int, run_dir: Path) -> list[str]:
     """The recipe on the first TRAIN images; checkpoints after every 10th epoch, or
-    (--minutes) training for that much wall time."""
+    (--minutes) training for that much wall time, or (--steps) that many steps."""
     total = TRAIN + HELD_OUT
     budget = ([f"trainer.max_time=00:00:{args.minutes:02d}:00", "trainer.max_epochs=-1"]
               if args.minutes else
+              [f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1"] if args.steps else
               [f"trainer.max_epochs={max(args.epochs)}",
                f"callbacks.periodic_checkpoint.every_n_epochs={math.gcd(*args.epochs)}"])
     return [*RECIPES[recipe], "dataset=idx", f"dataset.images={args.images}",
@@ -111,7 +115,7 @@ def ours(args) -> None:
     images = read_idx(Path(args.images))
     held_out = torch.from_numpy(images[-HELD_OUT:].copy())[:, None]
     for seed in args.seeds:
-        run_dir = out / "runs" / f"{args.recipe}_seed{seed}"
+        run_dir = Path(args.runs_dir or out / "runs") / f"{args.tag}_seed{seed}"
         if not (run_dir / "checkpoints").exists():
             command = [sys.executable, str(ROOT / "train.py"),
                        *our_overrides(args, args.recipe, seed, run_dir)]
@@ -120,15 +124,25 @@ def ours(args) -> None:
             subprocess.run(command, check=True, cwd=ROOT)
             print(f"trained in {time.perf_counter() - started:.0f} s", flush=True)
         budgets = ({f"min{args.minutes}": "last.ckpt"} if args.minutes else
+                   {f"step{args.steps}": "last.ckpt"} if args.steps else
                    {f"epoch{epoch}": f"epoch_{epoch - 1:03d}.ckpt" for epoch in args.epochs})
         for budget, checkpoint in budgets.items():
             model = load_model(run_dir / "checkpoints" / checkpoint)
+            # --sample-option: a DDPM's sample_steps, sampler, eta or guidance, or else a
+            # model attribute (clip_x0=false)
+            options = {name: yaml.safe_load(value) for name, value in
+                       (option.split("=", 1) for option in args.sample_option)}
+            diffusion = {name: options.pop(name) for name in DIFFUSION_SAMPLING
+                         if name in options} or None
+            for name, value in options.items():
+                setattr(model, name, value)
             # A GAN with an EMA copy of G: samples of the live G (the recipe as trained)
             # and of the EMA copy (side ours_ema): EMA does not change the training.
             emas = [False, True] if getattr(model, "generator_ema", None) is not None else [None]
             for ema in emas:
                 started = time.perf_counter()
-                images = sample_images(model, SAMPLES, seed=1000 + seed, ema=ema)
+                images = sample_images(model, SAMPLES, seed=1000 + seed, ema=ema,
+                                       diffusion=diffusion)
                 saved = {"images": images[:, 0].numpy(),
                          "sample_seconds": time.perf_counter() - started}
                 if args.recipe == "vae":
@@ -136,8 +150,8 @@ def ours(args) -> None:
                     saved["neg_elbo"] = negative_elbo(model, x)
                 side = out.parent / ("ours_ema" if ema else "ours")
                 side.mkdir(exist_ok=True)
-                np.savez_compressed(side / f"{args.recipe}_seed{seed}_{budget}.npz", **saved)
-            print(f"ours {args.recipe} seed {seed} {budget}: samples saved", flush=True)
+                np.savez_compressed(side / f"{args.tag}_seed{seed}_{budget}.npz", **saved)
+            print(f"ours {args.tag} seed {seed} {budget}: samples saved", flush=True)
 
 
 def keras(args) -> None:
@@ -215,6 +229,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, nargs="+", default=[10, 20])
     parser.add_argument("--minutes", type=int, default=None,
                         help="ours: train for this much wall time instead, sample last.ckpt")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="ours: train for this many steps instead, sample last.ckpt")
+    parser.add_argument("--tag", default=None,
+                        help="ours: the name of the runs and sample files (default: the "
+                             "recipe; no '_'), for variants of a recipe (benchmarks/ablation.py)")
+    parser.add_argument("--runs-dir", default=None,
+                        help="ours: where the training runs go (default <out>/ours/runs)")
+    parser.add_argument("--sample-option", nargs="*", default=[],
+                        help="ours: model attributes set before sampling, e.g. sample_steps=25")
     parser.add_argument("--out", default="keras_comparison")
     parser.add_argument("--mnist-dir", type=Path, default=None,
                         help="folder of t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
@@ -226,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--python", default="python", help="keras: TensorFlow's interpreter")
     parser.add_argument("--threads", type=int, default=0, help="keras: 0 = TF's default")
     args = parser.parse_args(argv)
+    args.tag = args.tag or args.recipe
+    if "_" in args.tag:
+        parser.error(f"--tag {args.tag!r}: no '_' (it separates the parts of file names)")
     files = mnist_files(args.mnist_dir, {"images": args.images, "labels": args.labels},
                         SHARED)
     args.images, args.labels = str(files["images"]), str(files["labels"])

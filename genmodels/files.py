@@ -101,14 +101,25 @@ def recorded_checksums(path: Path) -> list[str]:
     return [line.split()[0] for line in lines if line.split()]
 
 
+# Files found intact, as (path, size, modification time): a resume checks its checkpoint
+# when it picks it, before training and when Lightning loads it, and each check reads
+# every byte; a file written again gets another modification time and is checked again.
+_found_intact: set[tuple[str, int, int]] = set()
+
+
 def check_intact(path: str | Path) -> None:
     """Raise GenmodelsError naming `path` as damaged if it is empty, is not a whole zip
     archive (what torch.save writes), fails one of the archive's own CRC-32 checks, or
     does not match the SHA-256 recorded when it was written (`<name>.sha256`). The
-    recorded checksum, where there is one, covers every byte; the CRCs check the others."""
+    recorded checksum, where there is one, covers every byte; the CRCs check the others.
+    A file found intact before, unchanged since, is not read again."""
     path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _found_intact:
+        return
     problem = None
-    if path.stat().st_size == 0:
+    if stat.st_size == 0:
         problem = "it is empty"
     elif expected := recorded_checksums(path):
         if sha256_of(path) not in expected:
@@ -123,6 +134,7 @@ def check_intact(path: str | Path) -> None:
             problem = f"it is not a whole checkpoint archive ({error})"
     if problem is not None:
         raise GenmodelsError(f"Checkpoint {path} is damaged: {problem}.")
+    _found_intact.add(key)
 
 
 def make_output_folder(folder: Path) -> None:

@@ -1,4 +1,5 @@
-"""Optimizers that torch.optim does not have in the form a recipe needs."""
+"""Optimizers that torch.optim does not have in the form a recipe needs, and the warm-up of
+an exponential moving average of weights."""
 
 import torch
 
@@ -58,3 +59,11 @@ class KerasRMSprop(torch.optim.Optimizer):
             torch._foreach_sqrt_(denominators)
             torch._foreach_addcdiv_(params, grads, denominators, value=-group["lr"])
         return loss
+
+
+def ema_decay_at(ema_decay: float, updates: int) -> float:
+    """The EMA's decay at its (updates + 1)-th update: min(ema_decay, (1 + n) / (10 + n)), a
+    warm-up under which early weights, far from trained, are soon forgotten (TensorFlow's
+    ExponentialMovingAverage with num_updates, as Ho et al.'s code uses it).
+    The DDPM and the GANs' EMA copy of G use it."""
+    return min(ema_decay, (1 + updates) / (10 + updates))

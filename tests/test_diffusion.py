@@ -18,7 +18,7 @@ from genmodels.jobs.generate import generate
 from genmodels.jobs.likelihood import main as likelihood_main
 from genmodels.jobs.train import train
 from genmodels.models import DDPM
-from genmodels.models.diffusion import ema_decay_at
+from genmodels.optim import ema_decay_at
 from genmodels.nn import UNet
 from genmodels.nn.diffusion import (
     NoiseSchedule,

@@ -21,6 +21,7 @@ from genmodels.errors import GenmodelsError
 from genmodels.jobs.generate import generate
 from genmodels.models.base import GenerativeModel
 from genmodels.models.gan import GAN
+from genmodels.nn.augment import color, cutout, translation
 from genmodels.nn import ConditionalGenerator
 from genmodels.nn.gan_layers import uses_batch_statistics
 from genmodels.nn.progan import (
@@ -97,6 +98,71 @@ def test_label_smoothing_makes_the_bce_target_of_reals_one_minus_s():
     unsmoothed = (bce(d_real, torch.ones(3)) + bce(d_fake, torch.zeros(3))) / 2
     assert d_loss.item() == pytest.approx(expected.item())
     assert d_loss.item() != pytest.approx(unsmoothed.item())
+
+
+def test_diffaugment_translation_shifts_each_image_whole_pixels_within_an_eighth():
+    torch.manual_seed(0)
+    x = torch.rand(64, 2, 16, 16) + 1  # no zeros of its own
+    shifted = translation(x)
+    seen = set()
+    for image, original in zip(shifted, x, strict=True):
+        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if torch.equal(image, shift(original, dy, dx))]
+        assert len(matches) == 1  # an 8th of 16 is 2 pixels each way
+        seen.add(matches[0])
+    assert len(seen) > 15  # drawn per image
+    x.requires_grad_(True)
+    translation(x).sum().backward()  # differentiable: 1 where a pixel stays in the frame
+    assert set(x.grad.unique().tolist()) == {0.0, 1.0}
+
+
+def shift(image: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    out = torch.zeros_like(image)
+    h, w = image.shape[1:]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        image[:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
+def test_diffaugment_cutout_zeroes_one_square_of_half_the_side_in_every_channel():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 16, 16) + 1
+    out = cutout(x)
+    for image, original in zip(out, x, strict=True):
+        zero = image == 0
+        assert torch.equal(zero[0], zero[1]) and torch.equal(zero[0], zero[2])
+        rows, cols = zero[0].nonzero(as_tuple=True)
+        assert 0 < len(rows) <= 64
+        # the zeros fill their bounding box, at most 8x8 (a square clipped by the border)
+        height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert len(rows) == height * width and height <= 8 and width <= 8
+        assert torch.equal(image[~zero], original[~zero])
+    assert (out == 0).flatten(1).sum(1).float().mean() > 3 * 40  # most squares inside
+
+
+def test_color_augmentation_keeps_a_grey_image_grey_and_varies_brightness_per_image():
+    torch.manual_seed(0)
+    out = color(torch.zeros(32, 3, 4, 4))
+    assert torch.allclose(out, out[:, :1].expand_as(out))  # saturation needs colour
+    assert out.flatten(1).std(1).max() < 1e-6 and out.mean((1, 2, 3)).std() > 0.2
+
+
+def test_diffaugment_shows_d_augmented_reals_and_fakes_in_training_only():
+    seen = []
+    gan = toy_gan(augment=["translation", "cutout"])
+    gan.discriminator.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    gan.train()
+    real = torch.rand(8, 1, 4, 4) + 1
+    gan.discriminator_losses(real, None, real.clone(), None)["d_loss"].backward()
+    assert (seen[-1] == 0).any() and not torch.equal(seen[-1][:8], real)
+    fake, _ = gan.generate(8)
+    gan.discriminate(fake, None).sum().backward()  # G's gradient flows through
+    assert gan.generator.image.grad.abs().sum() > 0 and (seen[-1] == 0).any()
+    gan.eval()
+    gan.discriminator_losses(real, None, real, None)
+    assert torch.equal(seen[-1][:8], real)
+    with pytest.raises(GenmodelsError, match="Unknown augmentation 'flip'.*translation"):
+        toy_gan(augment=["flip"])
 
 
 @pytest.mark.parametrize("half_batch", [False, True])

@@ -226,3 +226,31 @@ def test_generate_and_evaluate_take_the_newest_checkpoint_interrupted_included(t
     assert find_checkpoint(tmp_path / "run") == checkpoints / "interrupted.ckpt"
     os.utime(checkpoints / "last.ckpt")  # the resumed run saved again since
     assert find_checkpoint(tmp_path / "run") == checkpoints / "last.ckpt"
+
+
+def test_a_resume_reads_its_checkpoint_once_for_its_checksum_and_once_to_load(tmp_path,
+                                                                               monkeypatch):
+    import genmodels.files
+
+    args = ["model=vae", *TINY, "logger=csv", "callbacks.image_grids=null"]
+    train(compose_config([*args, "trainer.max_epochs=1"], tmp_path))
+    last = (tmp_path / "checkpoints" / "last.ckpt").resolve()
+    checksums, loads = [], []
+    sha256_of, load = genmodels.files.sha256_of, torch.load
+    monkeypatch.setattr(genmodels.files, "sha256_of",
+                        lambda path: checksums.append(Path(path).resolve()) or sha256_of(path))
+
+    def counted_load(f, *a, **kw):
+        # a path, or the open file Lightning passes
+        name = f if isinstance(f, str | os.PathLike) else getattr(f, "path", None)
+        if not kw.get("mmap") and name and Path(name).resolve() == last:  # mmap: no weights
+            loads.append(f)
+        return load(f, *a, **kw)
+
+    monkeypatch.setattr(torch, "load", counted_load)
+    train(compose_config([f"resume={tmp_path}", "trainer.max_epochs=2"], tmp_path))
+    monkeypatch.undo()
+    # Picked, checked before training and loaded by Lightning: one full read each way.
+    assert checksums.count(last) == 1 and len(loads) == 1
+    assert weights_step(tmp_path) > 0 and json.loads(
+        (tmp_path / "summary.json").read_text())["epochs"] == 2

@@ -266,7 +266,8 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module, fused_batches: in
         raise GenmodelsError(f"ckpt_path={str(path)!r} is not a file.")
     check_intact(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        # Memory-mapped: only the shapes are read here; Lightning loads the weights later.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         state = checkpoint["state_dict"]
     except Exception as error:  # truncated, foreign or not a checkpoint at all
         raise GenmodelsError(f"Cannot read checkpoint {path}: {error!r}") from None

@@ -29,13 +29,7 @@ from genmodels.nn.diffusion import (
     posterior_mean_variance,
     sampling_timesteps,
 )
-
-
-def ema_decay_at(ema_decay: float, updates: int) -> float:
-    """The EMA's decay at its (updates + 1)-th update: min(ema_decay, (1 + n) / (10 + n)), a
-    warm-up under which early weights, far from trained, are soon forgotten (TensorFlow's
-    ExponentialMovingAverage with num_updates, as Ho et al.'s code uses it)."""
-    return min(ema_decay, (1 + updates) / (10 + updates))
+from genmodels.optim import ema_decay_at
 
 
 class DDPM(ClassConditional, GenerativeModel):

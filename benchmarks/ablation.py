@@ -1,0 +1,155 @@
+"""Ablations of the shipped recipes on the data of benchmarks/compare_keras.py (the first
+8,000 images of the MNIST t10k split train, the last 2,000 are the reference): each
+variant of a recipe, several seeds, trained as parallel jobs (one `compare_keras.py ours`
+each), its samples scored as the book's are.
+
+    # every DCGAN variant, 3 seeds, samples after 10 and 20 epochs, 12 jobs on one GPU:
+    python benchmarks/ablation.py dcgan --accelerator gpu --jobs 12 --out ablation
+    # the table: means and spreads over seeds, one line per variant, budget and side
+    # (side ours_ema: the EMA copy of G, which every DCGAN variant keeps):
+    python benchmarks/compare_keras.py score --out ablation
+
+Groups: `dcgan` (model=dcgan at the book's batch of 32, against the Keras DCGAN's FD 114 at
+10 epochs and 107 at 20, docs/results.md), `dcgan40` (the same to 40 epochs: the 20 minutes
+of two CPU cores that the diffusion recipe gets), `ddpm` (experiment=ddpm_mnist's variants,
+each for as many steps as it takes in 20 minutes on two CPU cores here, so that a faster
+machine measures the CPU recipe's budget). A variant's name says what it changes ('+'
+joins changes); `--variants` picks some. The IDX files: `--mnist-dir`, as compare_keras.py.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DIFFAUG = "model.augment=[translation,cutout]"
+EMA = "model.ema_decay=0.999"  # G's EMA does not change training: both sides scored
+# Training steps of batch 64 in 20 minutes on two CPU cores: 2,337 for experiment=ddpm_mnist
+# as it ships (docs/results.md); the others scaled by the bare loop's speed relative to it
+# (benchmarks/bench.py, same session).
+DDPM_STEPS = 2337
+
+GROUPS = {
+    "dcgan": {
+        "recipe": "dcgan-default", "seeds": [0, 1, 2], "budget": ["--epochs", "10", "20"],
+        "variants": {
+            "base": [EMA],
+            "diffaug": [EMA, DIFFAUG],
+            "diffaugcolor": [EMA, "model.augment=[color,translation,cutout]"],
+            "hinge+sn": [EMA, "model.loss=hinge", "model.spectral_norm=true"],
+            "r1": [EMA, "model.penalty=r1", "model.penalty_weight=1"],
+            "ttur": [EMA, "model.g_optimizer.lr=2.5e-4"],
+            "diffaug+r1": [EMA, DIFFAUG, "model.penalty=r1", "model.penalty_weight=1"],
+            "diffaug+hinge+sn": [EMA, DIFFAUG, "model.loss=hinge", "model.spectral_norm=true"],
+        },
+    },
+    "dcgan40": {
+        "recipe": "dcgan-default", "seeds": [0, 1], "budget": ["--epochs", "40"],
+        "variants": {"base40": [EMA], "diffaug40": [EMA, DIFFAUG],
+                     "diffaug+r1-40": [EMA, DIFFAUG, "model.penalty=r1",
+                                       "model.penalty_weight=1"]},
+    },
+    "ddpm": {
+        "recipe": "ddpm", "seeds": [0, 1], "budget": ["--steps", str(DDPM_STEPS)],
+        "variants": {
+            "base": [],
+            "s25": {"sample": ["sample_steps=25"]},
+            "eta05": {"sample": ["eta=0.5"]},
+            "lr2e-4": ["model.optimizer.lr=2e-4"],
+            "lr2e-3": ["model.optimizer.lr=2e-3"],
+            "v": ["model.prediction=v"],
+            "linear": ["model.schedule=linear"],
+            "dropout0": ["model.network.dropout=0"],
+            "noclip": {"sample": ["clip_x0=false"]},
+            "mid": {"overrides": ["model.network.widths=[24,48,96]"], "speed": 0.6},
+            "wide": {"overrides": ["model.network.widths=[32,64,128]"], "speed": 0.4},
+            "res2": {"overrides": ["model.network.num_res_blocks=2"], "speed": 0.6},
+        },
+    },
+}
+
+
+def jobs_of(group: str, chosen: list[str] | None,
+            steps: int | None = None) -> list[tuple[str, int, list[str]]]:
+    """(tag, seed, compare_keras.py arguments) of each run of a group."""
+    spec = GROUPS[group]
+    variants = spec["variants"]
+    jobs = []
+    for name, variant in variants.items():
+        if chosen and name not in chosen:
+            continue
+        variant = variant if isinstance(variant, dict) else {"overrides": variant}
+        budget = spec["budget"]
+        if "speed" in variant:  # as many steps as this variant takes in the same time
+            budget = ["--steps", str(round(DDPM_STEPS * variant["speed"]))]
+        if steps:
+            budget = ["--steps", str(steps)]
+        tag = f"{group}-{name}"
+        for seed in spec["seeds"]:
+            arguments = ["--recipe", spec["recipe"], "--tag", tag, "--seeds", str(seed),
+                         *budget]
+            if variant.get("overrides"):
+                arguments += ["--override", *variant["overrides"]]
+            if variant.get("sample"):
+                arguments += ["--sample-option", *variant["sample"]]
+            jobs.append((tag, seed, arguments))
+    return jobs
+
+
+def run_job(job, args) -> str:
+    tag, seed, arguments = job
+    log = Path(args.out) / "logs" / f"{tag}_seed{seed}.log"
+    command = [sys.executable, str(ROOT / "benchmarks" / "compare_keras.py"), "ours",
+               *arguments, "--out", args.out, "--runs-dir", args.runs_dir,
+               "--accelerator", args.accelerator]
+    if args.mnist_dir:
+        command += ["--mnist-dir", args.mnist_dir]
+    # Parallel jobs share the cores: one thread each (the GPU does the work).
+    env = os.environ | ({"OMP_NUM_THREADS": "1"} if args.jobs > 1 else {})
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                              cwd=ROOT).returncode
+    result = (f"{tag} seed {seed}: {'done' if code == 0 else f'FAILED ({code}), see {log}'} "
+              f"in {time.perf_counter() - started:.0f} s")
+    print(result, flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("groups", nargs="+", choices=sorted(GROUPS))
+    parser.add_argument("--variants", nargs="*", default=None, help="default: all")
+    parser.add_argument("--out", default="ablation", help="samples, logs (and the scores)")
+    parser.add_argument("--runs-dir", default=None,
+                        help="the training runs (checkpoints); default <out>/ours/runs")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once")
+    parser.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train every run for this many steps instead (a quick check)")
+    parser.add_argument("--mnist-dir", default=None, help="as for compare_keras.py")
+    args = parser.parse_args(argv)
+    args.runs_dir = args.runs_dir or str(Path(args.out) / "ours" / "runs")
+    (Path(args.out) / "logs").mkdir(parents=True, exist_ok=True)
+    known = {name for group in args.groups for name in GROUPS[group]["variants"]}
+    unknown = sorted(set(args.variants or []) - known)
+    if unknown:
+        sys.exit(f"Error: no variant {unknown[0]!r} in {', '.join(args.groups)}; valid "
+                 f"choices: {', '.join(sorted(known))}.")
+    jobs = [job for group in args.groups for job in jobs_of(group, args.variants, args.steps)]
+    print(f"{len(jobs)} runs, {args.jobs} at once", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda job: run_job(job, args), jobs))
+    failed = [r for r in results if "FAILED" in r]
+    if failed:
+        sys.exit(f"{len(failed)} of {len(results)} runs failed:\n" + "\n".join(failed))
+
+
+if __name__ == "__main__":
+    main()
