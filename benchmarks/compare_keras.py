@@ -128,6 +128,8 @@ def ours(args) -> None:
                    {f"epoch{epoch}": f"epoch_{epoch - 1:03d}.ckpt" for epoch in args.epochs})
         for budget, checkpoint in budgets.items():
             model = load_model(run_dir / "checkpoints" / checkpoint)
+            if args.accelerator != "cpu" and torch.cuda.is_available():
+                model.cuda()  # sample where it trained
             # --sample-option: a DDPM's sample_steps, sampler, eta or guidance, or else a
             # model attribute (clip_x0=false)
             options = {name: yaml.safe_load(value) for name, value in
@@ -146,7 +148,7 @@ def ours(args) -> None:
                 saved = {"images": images[:, 0].numpy(),
                          "sample_seconds": time.perf_counter() - started}
                 if args.recipe == "vae":
-                    x = held_out.float() / 255  # the VAE's [0, 1] range
+                    x = held_out.float().to(model.device) / 255  # the VAE's [0, 1] range
                     saved["neg_elbo"] = negative_elbo(model, x)
                 side = out.parent / ("ours_ema" if ema else "ours")
                 side.mkdir(exist_ok=True)
