@@ -256,7 +256,8 @@ class BareGANStep(BareStep):
     def __init__(self, model: GAN, precision):
         super().__init__(model, precision)
         self.d_optimizer, self.g_optimizer = self.optimizers
-        self.d_steps_taken = 0  # the module derives this from Lightning's global_step
+        # the module derives these from Lightning's global_step
+        self.d_steps_taken = self.g_steps_taken = 0
 
     def step(self, real, labels) -> None:
         gan = self.model
@@ -284,7 +285,8 @@ class BareGANStep(BareStep):
                 fake, fake_labels = gan.generate(batch_size)
                 take_step(self.g_optimizer,
                           generator_loss(gan.loss, gan.discriminate(fake, fake_labels)))
-            gan.update_generator_ema()
+            self.g_steps_taken += 1
+            gan.update_generator_ema(self.g_steps_taken)
 
 
 def take_step(optimizer, loss: torch.Tensor) -> None:

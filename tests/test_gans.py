@@ -130,10 +130,11 @@ def check_every_trick_acted(gan, trainer, recorder):
     # The minibatch layers are in D, before its last dense layer.
     kinds = [type(m) for m in gan.discriminator.modules()]
     assert MinibatchStdDev in kinds and MinibatchDiscrimination in kinds
-    # EMA with decay 0.9 after G's steps 1 and 2: 0.81 start + 0.09 G_1 + 0.1 G_2.
+    # EMA with decay 0.9 in warm-up after G's steps 1 and 2: decays 1/10, then 2/11.
     (g1, g2), start = recorder.g_weights, recorder.ema_start
+    d1, d2 = 1 / 10, 2 / 11
     for ema, w0, w1, w2 in zip(gan.generator_ema.parameters(), start, g1, g2, strict=True):
-        assert torch.allclose(ema, 0.81 * w0 + 0.09 * w1 + 0.1 * w2, atol=1e-6)
+        assert torch.allclose(ema, d2 * (d1 * w0 + (1 - d1) * w1) + (1 - d2) * w2, atol=1e-6)
     assert any(not torch.equal(ema, w) for ema, w in zip(gan.generator_ema.parameters(), g2,
                                                          strict=True))
 
@@ -357,7 +358,7 @@ def test_ema_generator_averages_with_a_warm_up_and_is_used_for_sampling(tmp_path
     assert torch.allclose(live, gan.generator(z))
     assert torch.equal(gan.sample(2, generator=torch.Generator().manual_seed(1), ema=True),
                        sample)
-    without = build(compose_config(["model=dcgan"], tmp_path).model)
+    without = build(compose_config(["model=dcgan", "model.ema_decay=null"], tmp_path).model)
     with pytest.raises(GenmodelsError, match="has none"):
         without.sample(2, ema=True)
 

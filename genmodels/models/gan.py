@@ -319,8 +319,9 @@ class GAN(ClassConditional, GenerativeModel):
             return network(z.to(self.device), labels.to(self.device))
 
     @torch.no_grad()
-    def update_generator_ema(self):
-        """ema <- decay * ema + (1 - decay) * G after G's n-th step, for G's weights, with
+    def update_generator_ema(self, generator_steps: int | None = None):
+        """ema <- decay * ema + (1 - decay) * G after G's n-th step (n: `generator_steps`,
+        by default counted from Lightning's global_step), for G's weights, with
         decay = ema_decay_at(ema_decay, n - 1): a warm-up that soon forgets the random
         initial weights (a fixed 0.999 from the start scored FD 244 against 113 without an
         EMA after 10 epochs of MNIST, docs/results.md). Buffers are copied (the ProGAN
@@ -329,7 +330,8 @@ class GAN(ClassConditional, GenerativeModel):
         if self.generator_ema is None:
             return
         ema, live = self.generator_ema, self.generator
-        decay = ema_decay_at(self.ema_decay, self.generator_steps - 1)
+        steps = self.generator_steps if generator_steps is None else generator_steps
+        decay = ema_decay_at(self.ema_decay, steps - 1)
         torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()), 1.0 - decay)
         for ema_buffer, buffer in zip(ema.buffers(), live.buffers(), strict=True):
             ema_buffer.copy_(buffer)
