@@ -254,3 +254,17 @@ def test_a_resume_reads_its_checkpoint_once_for_its_checksum_and_once_to_load(tm
     assert checksums.count(last) == 1 and len(loads) == 1
     assert weights_step(tmp_path) > 0 and json.loads(
         (tmp_path / "summary.json").read_text())["epochs"] == 2
+
+
+def test_a_run_with_a_list_of_callback_groups_resumes_with_overrides_of_their_keys(tmp_path):
+    run_dir = tmp_path / "run"
+    run_main("model=ae", *TINY, "trainer.max_epochs=1", "logger=csv",
+             "callbacks=[default,early_stopping]", f"hydra.run.dir={run_dir}")
+    # Hydra records a list as no choice: the resume must still compose early_stopping.
+    run_main(f"resume={run_dir}", "callbacks.early_stopping.patience=7", "trainer.max_epochs=2")
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["genmodels_config"]["callbacks"]["early_stopping"]["patience"] == 7
+    assert checkpoint["epoch"] == 1  # the second epoch, counted from 0
+    with pytest.raises(SystemExit, match=re.escape(
+            "(the run has callbacks=[default,early_stopping])")):
+        run_main(f"resume={run_dir}", "callbacks=default", "trainer.max_epochs=3")

@@ -285,15 +285,25 @@ def resume_command(run_dir: Path) -> str:
     return " ".join(shlex.quote(word) for word in words)
 
 
-def run_choices(run_dir: Path) -> dict[str, str]:
+def run_choices(run_dir: Path) -> dict[str, str | list[str]]:
     """The config group choices a run was composed with (model=..., dataset=...), from
-    Hydra's record; empty for a run without one."""
+    Hydra's record; a list of options (callbacks=[default,quality]), which Hydra records
+    as no choice, from the run's command line; empty for a run without a record."""
     record = Path(run_dir) / ".hydra" / "hydra.yaml"
     if not record.is_file():
         return {}
-    choices = OmegaConf.load(record).hydra.runtime.get("choices") or {}
-    return {group: option for group, option in choices.items()
-            if option is not None and group != "hydra" and not group.startswith("hydra/")}
+    hydra = OmegaConf.load(record).hydra
+    choices = {group: option for group, option in (hydra.runtime.get("choices") or {}).items()
+               if option is not None and group != "hydra" and not group.startswith("hydra/")}
+    config = Path(run_dir) / ".hydra" / "config.yaml"
+    config = OmegaConf.load(config) if config.is_file() else {}
+    for override in hydra.overrides.get("task") or []:
+        group, _, value = override.lstrip("+~").partition("=")
+        # a list of a group's options composes a node of the config (a list value does not)
+        if ("." not in group and value.startswith("[") and group not in choices
+                and OmegaConf.is_dict(config.get(group))):
+            choices[group] = [option.strip() for option in value.strip("[]").split(",")]
+    return choices
 
 
 def with_run_choices(args: list[str]) -> list[str]:
@@ -311,5 +321,9 @@ def with_run_choices(args: list[str]) -> list[str]:
     except Exception:  # Hydra reports a malformed override itself
         return args
     given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a and a[0] != "-"}
-    return [*args, *(f"{group}={option}" for group, option in
+    return [*args, *(f"{group}={as_override(option)}" for group, option in
                      run_choices(Path(str(run_dir))).items() if group not in given)]
+
+
+def as_override(option: str | list[str]) -> str:
+    return f"[{','.join(option)}]" if isinstance(option, list) else option

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genmodels.config import build
 from genmodels.engine.config_in_checkpoint import ConfigInCheckpoint
-from genmodels.engine.rundirs import run_choices, run_directory
+from genmodels.engine.rundirs import as_override, run_choices, run_directory
 from genmodels.errors import GenmodelsError
 from genmodels.files import check_intact, write_text_atomically
 from genmodels.models.base import GenerativeModel
@@ -169,7 +169,7 @@ def resume_overrides(old: DictConfig, run_dir: Path) -> list[tuple[str, object]]
         if "." not in key and OmegaConf.is_config(old.get(key, {})):  # a config group
             if own.get(key, object()) == override.value():
                 continue
-            was = f" (the run has {key}={own[key]})" if own.get(key) else ""
+            was = f" (the run has {key}={as_override(own[key])})" if own.get(key) else ""
             raise GenmodelsError(
                 f"resume continues a run with its own config, so {override.input_line} "
                 f"cannot change it{was}; only keys such as trainer.max_epochs=50 can (or "
