@@ -165,6 +165,15 @@ def encode_all(model, images: torch.Tensor, batch_size: int = 500) -> torch.Tens
     return torch.cat([model.encode(_to_model(model, x)) for x in images.split(batch_size)])
 
 
+def top_activating(codings: torch.Tensor, per_unit: int, max_units: int = 100) -> torch.Tensor:
+    """Indices (units, per_unit) of the images whose coding is highest in each coding unit
+    (the first `max_units` units), highest first: "the images that most activate each
+    neuron in the coding layer" (Geron, ch. 17, exercises)."""
+    codings = codings.flatten(1)[:, :max_units].float()
+    per_unit = min(per_unit, len(codings))
+    return codings.topk(per_unit, dim=0).indices.T
+
+
 @torch.no_grad()
 def attribute_vector(model, images: torch.Tensor, has_attribute: torch.Tensor,
                      batch_size: int = 500) -> torch.Tensor:

@@ -12,6 +12,7 @@ from scipy.linalg import subspace_angles
 from sklearn.decomposition import PCA
 from torch import nn
 from torch.distributions import Bernoulli, kl_divergence
+from torchvision.io import read_image
 
 from genmodels.config import build
 from genmodels.data import DigitsDataModule
@@ -236,6 +237,11 @@ def test_latent_scatter_logs_a_figure_and_an_embedding(overrides, make_config):
     rows = tensors.read_text().splitlines()
     assert len(rows) == 100 and len(rows[0].split("\t")) == (30 if "model=ae" in overrides else 2)
     assert (output_dir / "images" / "latent_scatter_epoch0000.png").exists()
+    # One row per coding unit (the first 32) of its 10 strongest of the 100 images.
+    assert "latent/top_activations" in events.Tags()["images"]
+    top = read_image(str(output_dir / "images" / "latent_top_activations_epoch0000.png"))
+    units = 30 if "model=ae" in overrides else 2
+    assert top.shape[1:] == (units * 30 + 2, 10 * 30 + 2)
 
 
 def test_latent_scatter_is_opt_in():

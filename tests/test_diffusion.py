@@ -18,7 +18,6 @@ from genmodels.jobs.generate import generate
 from genmodels.jobs.likelihood import main as likelihood_main
 from genmodels.jobs.train import train
 from genmodels.models import DDPM
-from genmodels.optim import ema_decay_at
 from genmodels.nn import UNet
 from genmodels.nn.diffusion import (
     NoiseSchedule,
@@ -30,6 +29,7 @@ from genmodels.nn.diffusion import (
     sampling_timesteps,
 )
 from genmodels.nn.unet import ResidualBlock, SelfAttention, timestep_embedding
+from genmodels.optim import ema_decay_at
 
 from .conftest import SMALL_DDPM as TINY_UNET
 from .conftest import TINY, compose_config

@@ -21,8 +21,8 @@ from genmodels.errors import GenmodelsError
 from genmodels.jobs.generate import generate
 from genmodels.models.base import GenerativeModel
 from genmodels.models.gan import GAN
-from genmodels.nn.augment import color, cutout, translation
 from genmodels.nn import ConditionalGenerator
+from genmodels.nn.augment import color, cutout, translation
 from genmodels.nn.gan_layers import uses_batch_statistics
 from genmodels.nn.progan import (
     EqualizedConv2d,

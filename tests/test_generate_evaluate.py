@@ -186,6 +186,28 @@ def test_manifold_and_semantic_grids_and_tasks_a_model_lacks(vae_run, tmp_path):
         check_task(ConditionalStub(), "interpolate")
 
 
+def test_top_activations_shows_each_coding_units_strongest_images(vae_run, tmp_path):
+    from genmodels.jobs.generate import dataset_images
+    from genmodels.latent import encode_all
+
+    cfg = tool_config("generate", f"run={vae_run}", "task=top_activations", "nrow=5",
+                      f"out={tmp_path / 'top'}")
+    png, npz = generate(cfg)
+    saved = np.load(npz)
+    split = dataset_images(cfg, "test")
+    model = load_model(vae_run)
+    codings = encode_all(model, from_uint8(model, split)).flatten(1)  # 10 units
+    assert saved["images"].shape == (10 * 5, 1, 28, 28) and png.exists()
+    for unit, (indices, activations) in enumerate(zip(saved["indices"], saved["activations"],
+                                                      strict=True)):
+        # the unit's 5 highest codings over the whole split, highest first
+        assert np.array_equal(activations, codings[indices, unit].numpy())
+        assert activations[-1] >= codings[:, unit].sort(descending=True).values[4].item()
+        assert np.all(np.diff(activations) <= 0)
+        assert np.array_equal(saved["images"][5 * unit : 5 * unit + 5], split[indices].numpy())
+    assert len({tuple(i) for i in saved["indices"]}) > 1  # units differ
+
+
 class ConditionalStub(GenerativeModel):
     """A 'conditional model' whose image brightness is its class label / 9."""
 

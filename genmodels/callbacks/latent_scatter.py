@@ -11,8 +11,9 @@ from matplotlib.figure import Figure
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
-from genmodels.callbacks.outputs import is_drawing_epoch, log_figure
+from genmodels.callbacks.outputs import is_drawing_epoch, log_figure, log_image_grid
 from genmodels.engine.lightning_private import logging_step
+from genmodels.latent import top_activating
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,9 @@ class LatentScatter(L.Callback):
       themselves when they are 2-D, otherwise their t-SNE map (scikit-learn; van der
       Maaten & Hinton, 2008), which takes seconds for 1,000 points;
     - with `embedding`, the codings in the PROJECTOR tab (`add_embedding`), labelled and
-      with the images as sprites, for interactive PCA / t-SNE / UMAP views.
+      with the images as sprites, for interactive PCA / t-SNE / UMAP views;
+    - `latent/top_activations`: one row per coding unit (the first 32), the
+      `top_activations` of these images that activate it most, highest first (0: off).
 
     The figure is also saved as a PNG file with `save_dir`. Rank zero only, in eval mode.
     t-SNE runs on `tsne_threads` threads (None: all): inside a training process, its
@@ -36,8 +39,10 @@ class LatentScatter(L.Callback):
 
     def __init__(self, every_n_epochs: int = 5, max_points: int = 1000,
                  perplexity: float = 30.0, embedding: bool = True, seed: int = 0,
-                 save_dir: str | None = None, tsne_threads: int | None = 1):
+                 save_dir: str | None = None, tsne_threads: int | None = 1,
+                 top_activations: int = 10):
         self.every_n_epochs, self.max_points = every_n_epochs, max_points
+        self.top_activations = top_activations
         self.tsne_threads = tsne_threads
         self.perplexity, self.embedding, self.seed = perplexity, embedding, seed
         self.save_dir = Path(save_dir) if save_dir else None
@@ -68,6 +73,11 @@ class LatentScatter(L.Callback):
         codings = torch.cat([pl_module.encode(x).flatten(1).float().cpu()
                              for x in images.split(256)])
         pl_module.train(was_training)
+        if self.top_activations:
+            top = top_activating(codings, self.top_activations, max_units=32)
+            log_image_grid(trainer, "latent/top_activations",
+                           pl_module.to_unit_range(images[top.flatten()]), top.shape[1],
+                           self.save_dir)
         points, method = self.to_2d(codings.numpy())
         figure = scatter_figure(points, labels.numpy(),
                                 f"{type(pl_module).__name__} codings ({method}), "

@@ -10,7 +10,9 @@ Each task takes the model and the config and returns (images, extra arrays, grid
   GAN's `decode` is its generator, so it walks between prior draws):
   `interpolate` (pairs of images or of prior draws), `manifold` (2-d latent spaces),
   `semantic` (a smooth grid between random codings) and `arithmetic` (images shifted
-  along an attribute vector of the run's dataset).
+  along an attribute vector of the run's dataset);
+- `top_activations` (models with `encode`): for each coding unit, the images of the split
+  (or given files) that activate it most, one row per unit.
 A new task is one function plus one entry in TASKS.
 """
 
@@ -172,6 +174,17 @@ def arithmetic_task(model, cfg: DictConfig):
     return to_uint8(model, shifted), extra, len(multiples)
 
 
+def top_activations_task(model, cfg: DictConfig):
+    """One row per coding unit (up to 100): the `nrow` input images (files, or the whole
+    split) that activate it most, highest first."""
+    inputs = input_images(model, cfg, MAX_IMAGES)
+    codings = latent.encode_all(model, from_uint8(model, inputs)).flatten(1)
+    top = latent.top_activating(codings, cfg.nrow)
+    extra = {"indices": top.numpy(), "activations": codings.gather(
+        0, top.T.to(codings.device)).T.cpu().numpy()}
+    return inputs[top.flatten()], extra, top.shape[1]
+
+
 def attribute_mask(datamodule, attribute) -> torch.Tensor:
     """Which training images have `attribute`: a class label, or an attribute name of a
     dataset with `attribute_names` (CelebA)."""
@@ -193,11 +206,12 @@ def attribute_mask(datamodule, attribute) -> torch.Tensor:
 
 TASKS = {"samples": samples_task, "reconstruct": reconstruct_task,
          "interpolate": interpolate_task, "manifold": manifold_task,
-         "semantic": semantic_task, "arithmetic": arithmetic_task}
+         "semantic": semantic_task, "arithmetic": arithmetic_task,
+         "top_activations": top_activations_task}
 # The methods a task needs besides `sample`; task=manifold also needs a 2-d latent space.
 TASK_NEEDS = {"reconstruct": ("reconstruct",), "interpolate": ("decode",),
               "manifold": ("decode",), "semantic": ("decode",),
-              "arithmetic": ("encode", "decode")}
+              "arithmetic": ("encode", "decode"), "top_activations": ("encode",)}
 
 
 def tasks_for(model) -> list[str]:
@@ -295,6 +309,7 @@ def output_paths(cfg: DictConfig, checkpoint: Path, step: int) -> tuple[Path, Pa
     else:
         run_dir = run_directory(checkpoint)
         detail = {"interpolate": cfg.method, "arithmetic": f"attribute{cfg.attribute}",
+                  "top_activations": f"{cfg.split}_top{cfg.nrow}",
                   "manifold": f"{cfg.nrow}x{cfg.nrow}", "semantic": f"{cfg.nrow}x{cfg.nrow}"}
         digest = options_digest(cfg, leave_out=("run", "ckpt", "out", "device"))
         name = (f"{cfg.task}_{checkpoint.stem}_step{step}_seed{cfg.seed}_"
