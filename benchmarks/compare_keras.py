@@ -41,10 +41,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Our side of each recipe. "dcgan-default" is `model=dcgan` as it ships (the book's layers
-# and hyperparameters in PyTorch's terms, plus label smoothing) at the book's batch size.
+# Our side of each recipe. "dcgan-default" and "vae-default" are `model=dcgan` and
+# `model=vae` as they ship, at the book's batch sizes.
 RECIPES = {"dcgan": ["experiment=dcgan_fashion"], "vae": ["experiment=vae_fashion"],
            "dcgan-default": ["model=dcgan", "dataset.batch_size=32"],
+           "vae-default": ["model=vae", "dataset.batch_size=128"],
            "ddpm": ["experiment=ddpm_mnist"]}
 TRAIN, HELD_OUT, SAMPLES = 8000, 2000, 2000
 DIFFUSION_SAMPLING = ("sample_steps", "sampler", "eta", "guidance")
@@ -147,7 +148,7 @@ def ours(args) -> None:
                                        diffusion=diffusion)
                 saved = {"images": images[:, 0].numpy(),
                          "sample_seconds": time.perf_counter() - started}
-                if args.recipe == "vae":
+                if args.recipe.startswith("vae"):
                     x = held_out.float().to(model.device) / 255  # the VAE's [0, 1] range
                     saved["neg_elbo"] = negative_elbo(model, x)
                 side = out.parent / ("ours_ema" if ema else "ours")

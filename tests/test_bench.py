@@ -160,3 +160,27 @@ def test_benchmarks_without_the_mnist_files_say_where_they_come_from(script, arg
                                module.SHARED)
     assert found == {"images": raw / "t10k-images-idx3-ubyte",
                      "labels": raw / "t10k-labels-idx1-ubyte.gz"}
+
+
+def test_every_ablation_variant_composes_and_names_its_files(tmp_path):
+    """A typo in a variant's overrides would surface only on the GPU machine, after its
+    minutes of training had started; here each one composes with its recipe."""
+    ablation, compare_keras = import_benchmark("ablation"), import_benchmark("compare_keras")
+    jobs = [job for group in ablation.GROUPS for job in ablation.jobs_of(group, None)]
+    assert len({(tag, seed) for tag, seed, _ in jobs}) == len(jobs)
+    configs = set()
+    for tag, _, arguments in jobs:
+        assert "_" not in tag  # the score command splits file names at '_'
+        recipe = arguments[arguments.index("--recipe") + 1]
+        overrides = []
+        if "--override" in arguments:
+            for argument in arguments[arguments.index("--override") + 1:]:
+                if argument.startswith("--"):
+                    break
+                overrides.append(argument)
+        configs.add((recipe, tuple(overrides)))
+    for recipe, overrides in configs:
+        compose_config([*compare_keras.RECIPES[recipe], *overrides], tmp_path)
+    # A DDPM variant slower on the CPU gets fewer steps in the same 20 minutes.
+    wide = next(a for tag, _, a in jobs if tag == "ddpm-wide")
+    assert wide[wide.index("--steps") + 1] == str(round(ablation.DDPM_STEPS * 0.31))
