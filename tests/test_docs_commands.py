@@ -46,6 +46,7 @@ SUBSTITUTIONS = {
     "logs/runs/<run>": "logs/runs/vae",
     "<pt_inception-2015-12-05 .pth file>": "pt_inception-2015-12-05.pth",  # absent here
     "<ae or vae run>": "logs/runs/vae",
+    "<ae run>": "logs/runs/vae",  # any model with encode()
     "<celeba vae run>": "logs/runs/vae",  # digits have no attributes: see MISSING
     "<2-d vae run>": "logs/runs/vae2d",
     "<conditional run>": "logs/runs/cgan",
@@ -85,6 +86,7 @@ MISSING = {
     "experiment=vae_fashion": "downloads Fashion-MNIST",
     "experiment=dcgan_fashion": "downloads Fashion-MNIST",
     "experiment=ddpm_mnist": "downloads MNIST",
+    "dataset.images=data/MNIST/raw/": "needs the MNIST files torchvision downloads",
     "<celeba vae run>": "needs a CelebA run (a download): digits have no attributes",
     "trainer=gpu": "needs a GPU",
     "trainer=ddp": "needs GPUs",
