@@ -116,7 +116,7 @@ def test_configure_backends_sets_and_says_the_chosen_count(monkeypatch, caplog):
 
 
 @pytest.mark.parametrize("model, compiled", [("wgan_gp", ["generator"]),
-                                             ("dcgan", ["generator", "discriminator"]),
+                                             ("dcgan", ["generator", "discriminator", "generator_ema"]),
                                              ("vae", ["encoder", "decoder", "to_posterior"])])
 def test_compile_leaves_networks_under_a_gradient_penalty_eager(model, compiled, monkeypatch,
                                                                  tmp_path):
