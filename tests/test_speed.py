@@ -115,9 +115,10 @@ def test_configure_backends_sets_and_says_the_chosen_count(monkeypatch, caplog):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("model, compiled", [("wgan_gp", ["generator"]),
-                                             ("dcgan", ["generator", "discriminator", "generator_ema"]),
-                                             ("vae", ["encoder", "decoder", "to_posterior"])])
+@pytest.mark.parametrize("model, compiled", [
+    ("wgan_gp", ["generator"]),
+    ("dcgan", ["generator", "discriminator", "generator_ema"]),
+    ("vae", ["encoder", "decoder", "to_posterior"])])
 def test_compile_leaves_networks_under_a_gradient_penalty_eager(model, compiled, monkeypatch,
                                                                  tmp_path):
     calls = []
