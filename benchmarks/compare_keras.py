@@ -48,7 +48,6 @@ RECIPES = {"dcgan": ["experiment=dcgan_fashion"], "vae": ["experiment=vae_fashio
            "vae-default": ["model=vae", "dataset.batch_size=128"],
            "ddpm": ["experiment=ddpm_mnist"]}
 TRAIN, HELD_OUT, SAMPLES = 8000, 2000, 2000
-DIFFUSION_SAMPLING = ("sample_steps", "sampler", "eta", "guidance")
 
 # The official MNIST test set (10,000 images), as torchvision's MNIST downloads it into
 # <data_dir>/MNIST/raw/ (`python train.py dataset=mnist`).
@@ -109,7 +108,7 @@ def ours(args) -> None:
     """Train our side with train.py (a subprocess per seed) and sample its checkpoints."""
     from genmodels.engine.runs import load_model
     from genmodels.metrics.likelihood import negative_elbo
-    from genmodels.sampling import sample_images
+    from genmodels.sampling import DIFFUSION_OPTIONS, sample_images
 
     out = Path(args.out) / "ours"
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +134,7 @@ def ours(args) -> None:
             # model attribute (clip_x0=false)
             options = {name: yaml.safe_load(value) for name, value in
                        (option.split("=", 1) for option in args.sample_option)}
-            diffusion = {name: options.pop(name) for name in DIFFUSION_SAMPLING
+            diffusion = {name: options.pop(name) for name in DIFFUSION_OPTIONS
                          if name in options} or None
             for name, value in options.items():
                 setattr(model, name, value)

@@ -67,3 +67,15 @@ def ema_decay_at(ema_decay: float, updates: int) -> float:
     ExponentialMovingAverage with num_updates, as Ho et al.'s code uses it).
     The DDPM and the GANs' EMA copy of G use it."""
     return min(ema_decay, (1 + updates) / (10 + updates))
+
+
+@torch.no_grad()
+def update_moving_average(average: torch.nn.Module, live: torch.nn.Module, ema_decay: float,
+               updates: int) -> None:
+    """average <- decay * average + (1 - decay) * live for the weights, at its
+    (updates + 1)-th update (decay = ema_decay_at(ema_decay, updates)); buffers are copied
+    from `live` (a ProGAN stage, StyleGAN's average w, batch-norm statistics)."""
+    decay = ema_decay_at(ema_decay, updates)
+    torch._foreach_lerp_(list(average.parameters()), list(live.parameters()), 1.0 - decay)
+    for average_buffer, buffer in zip(average.buffers(), live.buffers(), strict=True):
+        average_buffer.copy_(buffer)

@@ -29,7 +29,7 @@ from genmodels.nn.diffusion import (
     posterior_mean_variance,
     sampling_timesteps,
 )
-from genmodels.optim import ema_decay_at
+from genmodels.optim import update_moving_average
 
 
 class DDPM(ClassConditional, GenerativeModel):
@@ -193,12 +193,7 @@ class DDPM(ClassConditional, GenerativeModel):
         self._ema_updated_at_step = self.global_step
         if self.network_ema is None:
             return
-        decay = ema_decay_at(self.ema_decay, self.global_step - 1)
-        torch._foreach_lerp_(list(self.network_ema.parameters()),
-                             list(self.network.parameters()), 1.0 - decay)
-        for ema_buffer, buffer in zip(self.network_ema.buffers(), self.network.buffers(),
-                                      strict=True):
-            ema_buffer.copy_(buffer)
+        update_moving_average(self.network_ema, self.network, self.ema_decay, self.global_step - 1)
 
     # ----- sampling: Algorithm 2 and DDIM ---------------------------------------------------
 

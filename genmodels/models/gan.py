@@ -31,7 +31,7 @@ from genmodels.nn.gan_losses import (
 from genmodels.nn.layers import output_activation
 from genmodels.nn.progan import Progressive, fade_real_images
 from genmodels.nn.stylegan import StyleGANGenerator
-from genmodels.optim import ema_decay_at
+from genmodels.optim import update_moving_average
 
 log = logging.getLogger(__name__)
 
@@ -329,12 +329,8 @@ class GAN(ClassConditional, GenerativeModel):
         G's belong to other weights: the EMA copy's are recomputed when it samples."""
         if self.generator_ema is None:
             return
-        ema, live = self.generator_ema, self.generator
         steps = self.generator_steps if generator_steps is None else generator_steps
-        decay = ema_decay_at(self.ema_decay, steps - 1)
-        torch._foreach_lerp_(list(ema.parameters()), list(live.parameters()), 1.0 - decay)
-        for ema_buffer, buffer in zip(ema.buffers(), live.buffers(), strict=True):
-            ema_buffer.copy_(buffer)
+        update_moving_average(self.generator_ema, self.generator, self.ema_decay, steps - 1)
         self._ema_statistics_stale = True
 
     def ema_generator(self) -> nn.Module:
