@@ -239,11 +239,16 @@ class BareAutoencodingStep(BareStep):
 
 class BareDiffusionStep(BareAutoencodingStep):
     """A DDPM's step: the simple loss's gradient step, then the EMA update the module makes
-    after each optimizer step."""
+    after each optimizer step (its warm-up counting this loop's steps)."""
+
+    def __init__(self, model, precision):
+        super().__init__(model, precision)
+        self.steps_taken = 0
 
     def step(self, x, y) -> None:
         super().step(x, y)
-        self.model.update_ema()
+        self.steps_taken += 1
+        self.model.update_ema(self.steps_taken)
 
 
 class BareGANStep(BareStep):

@@ -1,6 +1,7 @@
 """The benchmark (benchmarks/bench.py): its bare loop does the module's math, and bad input
 gets one sentence (issues 10, 11, 13)."""
 
+import argparse
 import json
 
 import lightning as L
@@ -12,7 +13,7 @@ from genmodels.config import build
 from genmodels.engine import essential_callbacks
 from genmodels.errors import GenmodelsError
 
-from .conftest import CONF, compose_config, import_benchmark
+from .conftest import CONF, SMALL_DDPM, compose_config, import_benchmark
 from .test_gans import VARIANTS
 
 bench = import_benchmark("bench")
@@ -72,6 +73,33 @@ def test_bare_gan_loop_ends_with_the_framework_weights(name, tmp_path):
         filled = framework_gan.replay.filled
         assert filled == bare_gan.replay.filled > 0
         assert torch.equal(framework_gan.replay.images[:filled], bare_gan.replay.images[:filled])
+
+
+def test_bare_ddpm_loop_ends_with_the_framework_weights_and_their_ema(tmp_path):
+    """The bare loop's DDPM step is the module's: the same weights after the same batches
+    and draws, and the same EMA, whose warm-up counts the bare loop's own steps."""
+    cfg = compose_config(["dataset=digits", "dataset.batch_size=8", "model=ddpm", *SMALL_DDPM,
+                          "model.ema_decay=0.99"], tmp_path)
+    torch.manual_seed(0)
+    framework_ddpm = build(cfg.model)
+    torch.manual_seed(0)
+    bare_ddpm = build(cfg.model)
+    recorder = ReseedAndRecord()
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=5, limit_val_batches=0,
+                        logger=False, callbacks=[*essential_callbacks(), recorder],
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(framework_ddpm, build(cfg.dataset))
+
+    step = bench.bare_step(bare_ddpm.train(), cfg.trainer.precision)
+    for i, (images, labels) in enumerate(recorder.batches):
+        torch.manual_seed(1000 + i)
+        step(images, labels)
+
+    expected, actual = framework_ddpm.state_dict(), bare_ddpm.state_dict()
+    assert any(k.startswith("network_ema.") for k in expected)
+    differing = [k for k in expected if not torch.allclose(expected[k], actual[k], atol=1e-6)]
+    assert not differing, differing
 
 
 def test_bare_loop_refuses_a_precision_it_does_not_reproduce():
@@ -184,3 +212,79 @@ def test_every_ablation_variant_composes_and_names_its_files(tmp_path):
     # A DDPM variant slower on the CPU gets fewer steps in the same 20 minutes.
     wide = next(a for tag, _, a in jobs if tag == "ddpm-wide")
     assert wide[wide.index("--steps") + 1] == str(round(ablation.DDPM_STEPS * 0.31))
+
+
+def test_every_model_config_is_in_the_catalogue_and_trains_for_its_budget(tmp_path):
+    """The results page's command (benchmarks/catalogue.py) covers every model config, or
+    says why not; each of its configs composes with the split and the time budget."""
+    catalogue = import_benchmark("catalogue")
+    models = {p.stem for p in (CONF / "model").glob("*.yaml")}
+    listed = {overrides[0].removeprefix("model=") for _, overrides in catalogue.CATALOGUE.values()}
+    assert models - set(catalogue.SKIPPED) <= listed, "add the new model to the catalogue"
+    args = argparse.Namespace(minutes=2.5, images="i.gz", labels="l.gz", accelerator="cpu",
+                              seed=3)
+    for name in catalogue.CATALOGUE:
+        cfg = compose_config(catalogue.train_overrides(name, args, tmp_path / "run"), tmp_path)
+        assert cfg.trainer.max_time == "00:00:02:30" and cfg.trainer.max_epochs == -1
+        assert (cfg.dataset.images, cfg.dataset.test_fraction, cfg.seed) == ("i.gz", 0.2, 3)
+
+
+def test_the_catalogue_keeps_one_budget_per_folder_and_writes_only_between_its_markers(
+        tmp_path):
+    catalogue = import_benchmark("catalogue")
+    args = argparse.Namespace(out=str(tmp_path / "out"), minutes=10, seed=0, accelerator="cpu",
+                              nll_samples=100)
+    catalogue.check_settings(args)
+    assert args.command == "python benchmarks/catalogue.py --minutes 10"
+    args.minutes = 2
+    with pytest.raises(SystemExit) as stop:
+        catalogue.check_settings(args)
+    assert stop.value.code == (f"Error: {args.out} holds runs made with --minutes 10; give "
+                               "the same, or another --out for --minutes 2.")
+    page = tmp_path / "results.md"
+    page.write_text(f"# Results\nintro\n{catalogue.START}\nold table\n{catalogue.END}\nafter\n")
+    catalogue.write_page(page, "new table\n")
+    assert page.read_text() == (f"# Results\nintro\n{catalogue.START}\nnew table\n"
+                                f"{catalogue.END}\nafter\n")
+    page.write_text("# Results\n")
+    with pytest.raises(SystemExit, match="has no catalogue markers"):
+        catalogue.write_page(page, "new table\n")
+
+
+@pytest.mark.slow
+def test_the_catalogue_trains_scores_and_tabulates_and_keeps_what_it_finished(tmp_path,
+                                                                              capsys):
+    """benchmarks/catalogue.py end to end on scikit-learn's digits as IDX files: a row of
+    numbers on the page; a second command retrains nothing, an interrupted run is redone."""
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    from genmodels.data.datasets import write_idx
+
+    catalogue = import_benchmark("catalogue")
+    digits = load_digits()
+    images = F.interpolate(torch.tensor(digits.images[:, None] * 255 / 16), size=28,
+                           mode="bilinear")[:, 0].round()
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", torch.tensor(digits.target))
+    page = tmp_path / "results.md"
+    page.write_text(f"# Results\n{catalogue.START}\n{catalogue.END}\n")
+    out = tmp_path / "out"
+    command = ["--minutes", "0.05", "--configs", "ae", "--out", str(out), "--page", str(page),
+               "--mnist-dir", str(tmp_path)]
+    catalogue.main(command)
+    row = next(line for line in page.read_text().splitlines() if "`model=ae`" in line)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    fd, classes, nll, mse = float(cells[2]), int(cells[5]), cells[6], float(cells[7])
+    assert fd > 0 and 1 <= classes <= 10 and nll == "" and 0 < mse < 0.2
+    assert "`python benchmarks/catalogue.py --minutes 0.05`" in page.read_text()
+    checkpoint = out / "runs" / "ae" / "checkpoints" / "last.ckpt"
+    trained = checkpoint.stat().st_mtime_ns
+    capsys.readouterr()
+    catalogue.main(command)
+    assert checkpoint.stat().st_mtime_ns == trained and "ae: trained" not in capsys.readouterr().out
+    checkpoint.unlink()  # as if the training had been cut before its end
+    (out / "scores" / "ae.json").unlink()
+    catalogue.main(command)
+    said = capsys.readouterr().out
+    assert "has no last.ckpt (interrupted): training it again" in said and "ae: trained" in said

@@ -168,6 +168,30 @@ def test_the_training_loss_of_a_network_that_predicts_the_true_noise_is_zero():
     assert {"loss_t0_24", "loss_t25_49", "loss_t50_74", "loss_t75_99"} <= set(loss)
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_min_snr_weighting_makes_each_loss_min_snr_gamma_times_its_x0_error(prediction):
+    """Hang et al. (2023), eq. 8: whatever the network predicts, the weighted loss of an
+    example is min(SNR_t, gamma) ||x_0 - x0_hat||^2 (mean over pixels), x0_hat the x_0 its
+    output implies; without gamma it is the simple loss, SNR (eps) or SNR + 1 (v) times."""
+    model = tiny_ddpm(timesteps=100, prediction=prediction, min_snr_gamma=5.0)
+    torch.manual_seed(0)
+    x0, noise = torch.rand(8, 1, 4, 4) * 2 - 1, torch.randn(8, 1, 4, 4)
+    t = torch.tensor([0, 5, 20, 40, 50, 60, 80, 99])  # SNR from ~1e4 down to ~1e-5
+    x_t = model.schedule.q_sample(x0, t, noise)
+    target = model.schedule.training_target(prediction, x0, noise, t)
+    output = torch.randn(8, 1, 4, 4)
+    network = lambda x, steps: output  # noqa: E731
+    x0_error = (model.schedule.predicted_x0(prediction, x_t, t, output) - x0).square()
+    snr = model.schedule.snr(t)
+    assert snr.max() > 5 > snr.min()  # both sides of gamma
+    torch.testing.assert_close(model.per_example_loss(network, x_t, t, None, target),
+                               snr.clamp(max=5) * x0_error.flatten(1).mean(1), rtol=1e-3,
+                               atol=1e-6)
+    model.min_snr_gamma = None
+    torch.testing.assert_close(model.per_example_loss(network, x_t, t, None, target),
+                               (output - target).square().flatten(1).mean(1))
+
+
 def test_the_loss_is_logged_per_range_of_timesteps():
     model = tiny_ddpm(timesteps=8, loss_buckets=4)
     per_example = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])
@@ -624,6 +648,7 @@ def test_the_likelihood_job_prints_a_ddpm_runs_bound_in_bits_per_dim(tmp_path, c
     (["model.value_range=[0.0,1.0]"], r"set model.value_range=\[-1.0,1.0\]"),
     (["model.ema_decay=1.0"], r"model.ema_decay must be in \(0, 1\) or null"),
     (["model.label_dropout=0.1"], "label_dropout must be in"),
+    (["model.min_snr_gamma=0"], r"min_snr_gamma must be a positive number \(5 in Hang"),
     (["model.network.attention_resolutions=[5]"],
      r"no level has side \[5\]; this U-Net's levels have sides \[28, 14, 7\]"),
     (["model.network.widths=[10,20]"], "must be divisible by model.network.norm_groups=4"),

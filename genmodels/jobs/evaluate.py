@@ -14,6 +14,7 @@
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -105,8 +106,10 @@ def evaluate(cfg: DictConfig) -> dict:
     if long:
         log.info("Sampling %d images, then measuring them...", cfg.num_samples)
     # Drawn once, for the classifier metrics and the Inception ones alike.
+    started = time.perf_counter()
     fake = measured_samples(model, cfg.num_samples, seed=cfg.seed, temperature=cfg.temperature,
                             ema=cfg.ema, progress=long).to(device)
+    sample_seconds = time.perf_counter() - started
     metrics = measure(model, classifier, real, labels, cfg.num_samples, seed=cfg.seed,
                       temperature=cfg.temperature, ema=cfg.ema, samples=fake)
     if hasattr(model, "posterior") and cfg.nll_samples > 0:
@@ -122,7 +125,7 @@ def evaluate(cfg: DictConfig) -> dict:
               "global_step": checkpoint.get("global_step"), "epoch": checkpoint.get("epoch"),
               "split": cfg.split, "num_real": len(real), "num_samples": cfg.num_samples,
               "seed": cfg.seed, "temperature": cfg.temperature, "ema": cfg.ema,
-              "metrics": metrics}
+              "sample_seconds": sample_seconds, "device": str(device), "metrics": metrics}
     json_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(json_path, json.dumps(result, indent=2) + "\n")
     log_to_tensorboard(run_dir, name, config, metrics, checkpoint.get("global_step") or 0)

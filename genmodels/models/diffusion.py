@@ -40,6 +40,11 @@ class DDPM(ClassConditional, GenerativeModel):
     x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, and a gradient step on the simple loss
     ||target - network(x_t, t)||^2 (mean over pixels), where the target is eps
     (`prediction="epsilon"`) or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0 (`"v"`).
+    `min_snr_gamma`: each example's loss weighted so that it is min(SNR_t, gamma) times the
+    squared error of the x_0 it implies (Hang et al., "Efficient Diffusion Training via
+    Min-SNR Weighting Strategy", 2023, eq. 8; gamma 5 there): the nearly noise-free
+    timesteps, whose high SNR dominates the simple loss's x_0 weighting, stop crowding out
+    the others. null: the simple loss.
     Logged: `loss` and `loss_t<a>_<b>`, the loss of the examples whose index t lies in
     each of `loss_buckets` equal ranges of 0 .. T-1 (low t: little noise; in training on
     logging steps only: finding a range's examples waits for the GPU); validation also
@@ -68,7 +73,7 @@ class DDPM(ClassConditional, GenerativeModel):
                  label_dropout: float | None = None, sampler: str = "ddim",
                  sample_steps: int = 50, eta: float = 0.0, guidance: float = 0.0,
                  clip_x0: bool = True, loss_buckets: int = 4,
-                 scheduler: Callable | None = None):
+                 min_snr_gamma: float | None = None, scheduler: Callable | None = None):
         super().__init__(channels, image_size, value_range, optimizer, scheduler)
         if self.value_range != (-1.0, 1.0):
             raise GenmodelsError(
@@ -91,12 +96,17 @@ class DDPM(ClassConditional, GenerativeModel):
             raise GenmodelsError(f"model.label_dropout must be in [0, 1), and 0 or null "
                                  f"without num_classes; got {label_dropout!r}.")
         check_whole_number("model.loss_buckets", loss_buckets, 1, timesteps)
+        if min_snr_gamma is not None and not (isinstance(min_snr_gamma, int | float)
+                                              and min_snr_gamma > 0):
+            raise GenmodelsError(f"model.min_snr_gamma must be a positive number (5 in Hang "
+                                 f"et al.) or null for the simple loss, got {min_snr_gamma!r}.")
         self.network = network
         self.network_ema = (copy.deepcopy(network).requires_grad_(False)
                             if ema_decay is not None else None)
         self.prediction, self.ema_decay = prediction, ema_decay
         self.num_classes, self.label_dropout = num_classes, label_dropout
         self.clip_x0, self.loss_buckets = clip_x0, loss_buckets
+        self.min_snr_gamma = min_snr_gamma
         # The sampling defaults; each is checked now, so a bad config stops before training.
         self.sampling_defaults = self.sampling_settings(steps=sample_steps, sampler=sampler,
                                                         eta=eta, guidance=guidance,
@@ -135,9 +145,16 @@ class DDPM(ClassConditional, GenerativeModel):
         return losses
 
     def per_example_loss(self, network, x_t, t, labels, target) -> torch.Tensor:
-        """||target - network(x_t, t[, y])||^2, the mean over each image's pixel values."""
+        """||target - network(x_t, t[, y])||^2, the mean over each image's pixel values,
+        times the Min-SNR weight when `min_snr_gamma` is set."""
         output = network(x_t, t, labels) if labels is not None else network(x_t, t)
-        return F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1)
+        loss = F.mse_loss(output.float(), target.float(), reduction="none").flatten(1).mean(1)
+        if self.min_snr_gamma is None:
+            return loss
+        # The eps loss is SNR times the x_0 loss, the v loss (SNR + 1) times it.
+        snr = self.schedule.snr(t)
+        return loss * snr.clamp(max=self.min_snr_gamma) / (
+            snr if self.prediction == "epsilon" else snr + 1)
 
     def bucket_losses(self, per_example: torch.Tensor, t: torch.Tensor) -> dict:
         """The mean loss of the examples whose t is in each of `loss_buckets` equal ranges
@@ -187,13 +204,15 @@ class DDPM(ClassConditional, GenerativeModel):
             self.update_ema()
 
     @torch.no_grad()
-    def update_ema(self) -> None:
-        """ema <- decay * ema + (1 - decay) * weights, decay = ema_decay_at(ema_decay, n)
-        for the n-th optimizer step (n = 0 at the first)."""
-        self._ema_updated_at_step = self.global_step
+    def update_ema(self, steps: int | None = None) -> None:
+        """ema <- decay * ema + (1 - decay) * weights after the n-th optimizer step (n:
+        `steps`, by default Lightning's global_step; a loop without a Trainer counts its
+        own), decay = ema_decay_at(ema_decay, n - 1)."""
+        steps = self.global_step if steps is None else steps
+        self._ema_updated_at_step = steps
         if self.network_ema is None:
             return
-        update_moving_average(self.network_ema, self.network, self.ema_decay, self.global_step - 1)
+        update_moving_average(self.network_ema, self.network, self.ema_decay, steps - 1)
 
     # ----- sampling: Algorithm 2 and DDIM ---------------------------------------------------
 

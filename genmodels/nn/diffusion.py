@@ -79,6 +79,11 @@ class NoiseSchedule(nn.Module):
         padded = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod])
         return padded[t + 1].view(-1, 1, 1, 1)
 
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """The signal-to-noise ratio abar_t / (1 - abar_t) at indices t, shaped (N,)."""
+        abar = self.alphas_cumprod[t]
+        return abar / (1 - abar)
+
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t ~ q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (Ho et al., eq. 4),
         drawn with the given standard normal noise."""
