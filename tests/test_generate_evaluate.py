@@ -276,6 +276,8 @@ def test_evaluate_writes_json_and_tensorboard_hparams(vae_run, classifier_cache,
                                       generator=torch.Generator().manual_seed(0))
     assert metrics["nll_importance_sampled"] == pytest.approx(expected, rel=1e-6)
     assert 0 < metrics["nll_importance_sampled"] < negative_elbo(model, images) + 5
+    torch.manual_seed(cfg.seed)  # the -ELBO's one posterior sample per image
+    assert metrics["neg_elbo"] == pytest.approx(negative_elbo(model, images), rel=1e-6)
     events = EventAccumulator(str(vae_run / "tensorboard" / "evaluation" / path.stem))
     events.Reload()
     assert "eval/fd_classifier" in events.Tags()["scalars"]

@@ -8,7 +8,8 @@
 - conditional models (`sample` takes `labels`): the classifier's accuracy on samples of
   each requested class;
 - models with `reconstruct`: the mean squared reconstruction error (pixels in [0, 1]);
-- VAEs: the importance-sampled negative log-likelihood (`genmodels.metrics.likelihood`);
+- VAEs: the -ELBO and the importance-sampled negative log-likelihood
+  (`genmodels.metrics.likelihood`), in nats per image;
 - with `inception_weights=<file>`: Inception FID, KID and IS.
 """
 
@@ -35,7 +36,7 @@ from genmodels.errors import GenmodelsError
 from genmodels.files import make_output_folder, write_text_atomically
 from genmodels.metrics.classifier import classifier_for
 from genmodels.metrics.inception import check_inception_available, inception_metrics
-from genmodels.metrics.likelihood import importance_sampled_nll
+from genmodels.metrics.likelihood import importance_sampled_nll, negative_elbo
 from genmodels.metrics.measure import measure, measured_samples
 from genmodels.sampling import chosen_device, from_uint8, sampling_options
 
@@ -55,6 +56,15 @@ def vae_nll(model, images: torch.Tensor, k: int, batch_size: int, seed: int = 0)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     return importance_sampled_nll(model, from_uint8(model, images), k=k,
                                   batch_size=batch_size, generator=generator)
+
+
+def vae_negative_elbo(model, images: torch.Tensor, seed: int = 0) -> float:
+    """-ELBO (nats per image) of uint8 `images`, as the VAE's `recon + kl`, with the one
+    posterior sample of each image drawn from `seed` (the global RNG is left as it was)."""
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return negative_elbo(model, from_uint8(model, images))
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -112,6 +122,8 @@ def evaluate(cfg: DictConfig) -> dict:
     sample_seconds = time.perf_counter() - started
     metrics = measure(model, classifier, real, labels, cfg.num_samples, seed=cfg.seed,
                       temperature=cfg.temperature, ema=cfg.ema, samples=fake)
+    if hasattr(model, "posterior"):
+        metrics["neg_elbo"] = vae_negative_elbo(model, real, seed=cfg.seed)
     if hasattr(model, "posterior") and cfg.nll_samples > 0:
         metrics["nll_importance_sampled"] = vae_nll(model, real, k=cfg.nll_samples,
                                                     batch_size=cfg.batch_size, seed=cfg.seed)
