@@ -72,6 +72,8 @@ GROUPS = {
             "lr2e-4": ["model.optimizer.lr=2e-4"],
             "lr2e-3": ["model.optimizer.lr=2e-3"],
             "v": ["model.prediction=v"],
+            "minsnr": ["model.min_snr_gamma=5"],
+            "v+minsnr": ["model.prediction=v", "model.min_snr_gamma=5"],
             "linear": ["model.schedule=linear"],
             "dropout0": ["model.network.dropout=0"],
             "noclip": {"sample": ["clip_x0=false"]},

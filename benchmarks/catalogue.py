@@ -9,7 +9,7 @@ Frechet distance, precision, recall, classes present, plus the reconstruction er
 the held-out images (models that reconstruct), the -ELBO and the importance-sampled NLL
 in nats per image (VAEs).
 
-    # the page's table (about 30 configs: ~6 hours at 10 minutes each on two CPU cores):
+    # the page's table (25 configs: some 5 hours at 10 minutes each, alone on the machine):
     python benchmarks/catalogue.py --mnist-dir data/MNIST/raw --minutes 10
     # some configs only, into the same folder (a finished run or score is kept, so an
     # interrupted command goes on where it stopped):
@@ -110,7 +110,8 @@ def check_settings(args) -> None:
         path.write_text(json.dumps(settings) + "\n")
     args.command = (f"python benchmarks/catalogue.py --minutes {args.minutes:g}"
                     + (f" --seed {args.seed}" if args.seed else "")
-                    + (f" --accelerator {args.accelerator}" if args.accelerator != "cpu" else ""))
+                    + (f" --accelerator {args.accelerator}" if args.accelerator != "cpu" else "")
+                    + (f" --nll-samples {args.nll_samples}" if args.nll_samples != 10 else ""))
 
 
 def run_config(name: str, args) -> str | None:
