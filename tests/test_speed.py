@@ -74,19 +74,28 @@ def fake_machine(monkeypatch, load: float, busy_share: float, cpus: int = 4):
 
 def test_a_job_started_just_now_counts_before_the_load_average_sees_it(monkeypatch):
     fake_machine(monkeypatch, load=0.1, busy_share=0.5, cpus=2)  # one of two cores busy
-    assert speed.busy_cores(2) == (1.0, ": load average 0.1, 1.0 just now")
-    fake_machine(monkeypatch, load=0.9, busy_share=0.0, cpus=2)  # the load average is higher
-    assert speed.busy_cores(2)[0] == 0.9
+    assert speed.busy_cores(2) == (1.0, ": 1.0 busy just now, load average 0.1")
 
 
-def test_the_cpus_are_not_sampled_when_the_load_average_already_decides(monkeypatch):
-    fake_machine(monkeypatch, load=1.6, busy_share=0.0, cpus=2)  # one thread, whatever comes
+def test_a_job_that_just_ended_leaves_its_load_average_but_not_its_cores(monkeypatch):
+    """As each run of a sequential sweep starts: the previous run's load average lingers
+    for a minute, its cores are free; the CPUs are sampled for a quarter of a second."""
+    fake_machine(monkeypatch, load=1.6, busy_share=0.0, cpus=2)
     waits = []
     monkeypatch.setattr(speed.time, "sleep", waits.append)
+    assert speed.busy_cores(2) == (0.0, ": 0.0 busy just now, load average 1.6")
+    assert waits == [0.25]
+    assert choose_cpu_threads(None, jobs=1, cpus=2, busy=0.0) == (2, "0.0 of 2 cores busy")
+
+
+def test_without_proc_stat_the_load_average_judges(monkeypatch):
+    fake_machine(monkeypatch, load=1.6, busy_share=0.0, cpus=2)
+
+    def no_proc_stat():
+        raise FileNotFoundError("/proc/stat")
+
+    monkeypatch.setattr(speed, "read_cpu_times", no_proc_stat)
     assert speed.busy_cores(2) == (1.6, ": load average 1.6")
-    fake_machine(monkeypatch, load=0.2, busy_share=0.0, cpus=2)
-    monkeypatch.setattr(speed.time, "sleep", waits.append)
-    assert speed.busy_cores(2)[0] == 0.2 and waits == [0.1]  # sampled, for a tenth of a second
 
 
 @pytest.mark.parametrize(("n_jobs", "expected"), [(4, 4), (-1, 8), (-2, 7), (1, 1)])
@@ -104,13 +113,13 @@ def test_parallel_jobs_reads_the_joblib_launcher(n_jobs, expected):
 def test_configure_backends_sets_and_says_the_chosen_count(monkeypatch, caplog):
     cfg = compose_config([])
     before = torch.get_num_threads()
-    fake_machine(monkeypatch, load=1.4, busy_share=0.1, cpus=4)
+    fake_machine(monkeypatch, load=0.4, busy_share=0.35, cpus=4)
     try:
         with caplog.at_level(logging.INFO, logger="genmodels.engine.speed"):
             configure_backends(cfg.speed)
         assert torch.get_num_threads() == 3
-        assert ("PyTorch CPU threads: 3 (1.4 of 4 cores busy: load average 1.4, 0.4 just now; "
-                "set speed.cpu_threads to change).") in caplog.text
+        assert ("PyTorch CPU threads: 3 (1.4 of 4 cores busy: 1.4 busy just now, load average "
+                "0.4; set speed.cpu_threads to change).") in caplog.text
     finally:
         torch.set_num_threads(before)
 

@@ -71,22 +71,23 @@ def choose_cpu_threads(requested: int | None, jobs: int, cpus: int, busy: float,
     return idle, f"{busy:.1f} of {cpus} cores busy"
 
 
-def busy_cores(cpus: int, seconds: float = 0.1) -> tuple[float, str]:
+def busy_cores(cpus: int, seconds: float = 0.25) -> tuple[float, str]:
     """How many of the `cpus` cores other work keeps busy, and how that was judged: the
-    1-minute load average, or the busy share of the CPUs over the next `seconds` (Linux)
-    when higher, since the load average takes a minute to notice a job that has just
-    started, such as a second training started at the same time. Not sampled when the
-    load average already leaves one thread to choose (every run paid the wait)."""
+    busy share of the CPUs over the next `seconds` (Linux), else the 1-minute load average.
+
+    The load average lags both ways: it takes a minute to notice a training started just
+    before, and a minute to forget one that has just ended, so each run of a sequential
+    sweep or benchmark saw the previous one's load and took one thread of two idle cores
+    (all 25 runs of benchmarks/catalogue.py did). A training keeps its cores busy without
+    pause, which a quarter of a second sees."""
     load = os.getloadavg()[0]
-    if load >= cpus - 0.5:
-        return load, f": load average {load:.1f}"
     try:
         first = read_cpu_times()
         time.sleep(seconds)
         now = busy_share(first, read_cpu_times()) * (os.cpu_count() or 1)
     except OSError:  # no /proc/stat
         return load, f": load average {load:.1f}"
-    return max(load, now), f": load average {load:.1f}, {now:.1f} just now"
+    return now, f": {now:.1f} busy just now, load average {load:.1f}"
 
 
 def read_cpu_times() -> list[int]:
