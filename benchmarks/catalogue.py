@@ -33,7 +33,14 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_keras import HELD_OUT, SAMPLES, SHARED, mnist_files, split_overrides  # noqa: E402
+from compare_keras import (  # noqa: E402
+    HELD_OUT,
+    SAMPLES,
+    SHARED,
+    mnist_files,
+    run_overrides,
+    wall_time_overrides,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,13 +91,9 @@ def slug(name: str) -> str:
 def train_overrides(name: str, args, run_dir: Path) -> list[str]:
     """train.py overrides of one config: the split, `--minutes` of training, no image
     grids or validation (the budget goes to training), a CSV log, the last checkpoint."""
-    seconds = round(args.minutes * 60)
-    budget = f"00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-    return [*CATALOGUE[name][1], *split_overrides(args.images, args.labels),
-            f"trainer.max_time={budget}", "trainer.max_epochs=-1", "trainer.max_steps=-1",
-            f"trainer.accelerator={args.accelerator}", "trainer.enable_progress_bar=false",
-            "callbacks.image_grids=null", "logger=csv", "test=false", f"seed={args.seed}",
-            f"hydra.run.dir={run_dir}"]
+    return [*CATALOGUE[name][1],
+            *run_overrides(args.images, args.labels, args.accelerator, args.seed, run_dir),
+            *wall_time_overrides(args.minutes), "trainer.max_steps=-1"]
 
 
 SETTINGS = ("minutes", "seed", "accelerator", "nll_samples")

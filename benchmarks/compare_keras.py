@@ -85,27 +85,36 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
-def split_overrides(images: str, labels: str) -> list[str]:
-    """train.py overrides: train on the first TRAIN images of the IDX files, hold out the
-    last HELD_OUT as the test split (evaluate.py's reference), no validation."""
+def run_overrides(images: str, labels: str, accelerator: str, seed: int,
+                  run_dir: Path) -> list[str]:
+    """train.py overrides of every benchmark run: train on the first TRAIN images of the
+    IDX files, hold out the last HELD_OUT as the test split (evaluate.py's reference), no
+    validation, no progress bar or image grids, a CSV log, no test pass."""
     return ["dataset=idx", f"dataset.images={images}", f"dataset.labels={labels}",
             "dataset.ordered_split=true", f"dataset.test_fraction={HELD_OUT / (TRAIN + HELD_OUT)}",
-            "dataset.val_fraction=0", "trainer.limit_val_batches=0"]
+            "dataset.val_fraction=0", "trainer.limit_val_batches=0",
+            f"trainer.accelerator={accelerator}", "trainer.enable_progress_bar=false",
+            "callbacks.image_grids=null", "logger=csv", "test=false", f"seed={seed}",
+            f"hydra.run.dir={run_dir}"]
+
+
+def wall_time_overrides(minutes: float) -> list[str]:
+    """Training for `minutes` of wall time (Lightning's DD:HH:MM:SS), however many epochs."""
+    seconds = round(minutes * 60)
+    return [f"trainer.max_time=00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:"
+            f"{seconds % 60:02d}", "trainer.max_epochs=-1"]
 
 
 def our_overrides(args, recipe: str, seed: int, run_dir: Path) -> list[str]:
     """The recipe on the first TRAIN images; checkpoints after every 10th epoch, or
     (--minutes) training for that much wall time, or (--steps) that many steps."""
-    budget = ([f"trainer.max_time=00:00:{args.minutes:02d}:00", "trainer.max_epochs=-1"]
-              if args.minutes else
+    budget = (wall_time_overrides(args.minutes) if args.minutes else
               [f"trainer.max_steps={args.steps}", "trainer.max_epochs=-1"] if args.steps else
               [f"trainer.max_epochs={max(args.epochs)}",
                f"callbacks.periodic_checkpoint.every_n_epochs={math.gcd(*args.epochs)}"])
-    return [*RECIPES[recipe], *split_overrides(args.images, args.labels), *budget,
-            f"trainer.accelerator={args.accelerator}", "trainer.enable_progress_bar=false",
-            "callbacks.image_grids=null", "logger=csv", "test=false", f"seed={seed}",
-            f"hydra.run.dir={run_dir}",
-            *args.override]
+    return [*RECIPES[recipe],
+            *run_overrides(args.images, args.labels, args.accelerator, seed, run_dir),
+            *budget, *args.override]
 
 
 def ours(args) -> None:

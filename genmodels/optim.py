@@ -71,7 +71,7 @@ def ema_decay_at(ema_decay: float, updates: int) -> float:
 
 @torch.no_grad()
 def update_moving_average(average: torch.nn.Module, live: torch.nn.Module, ema_decay: float,
-               updates: int) -> None:
+                          updates: int) -> None:
     """average <- decay * average + (1 - decay) * live for the weights, at its
     (updates + 1)-th update (decay = ema_decay_at(ema_decay, updates)); buffers are copied
     from `live` (a ProGAN stage, StyleGAN's average w, batch-norm statistics)."""

@@ -124,9 +124,9 @@ def evaluate(cfg: DictConfig) -> dict:
                       temperature=cfg.temperature, ema=cfg.ema, samples=fake)
     if hasattr(model, "posterior"):
         metrics["neg_elbo"] = vae_negative_elbo(model, real, seed=cfg.seed)
-    if hasattr(model, "posterior") and cfg.nll_samples > 0:
-        metrics["nll_importance_sampled"] = vae_nll(model, real, k=cfg.nll_samples,
-                                                    batch_size=cfg.batch_size, seed=cfg.seed)
+        if cfg.nll_samples > 0:
+            metrics["nll_importance_sampled"] = vae_nll(model, real, k=cfg.nll_samples,
+                                                        batch_size=cfg.batch_size, seed=cfg.seed)
     if cfg.inception_weights:
         metrics |= inception_metrics(cfg.inception_weights, real, fake, seed=cfg.seed)
     else:
