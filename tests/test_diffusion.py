@@ -237,14 +237,15 @@ def test_ddim_with_eta_1_takes_ddpms_ancestral_step_and_with_eta_0_no_noise():
                                    deterministic)
 
 
-@pytest.mark.parametrize("steps", [20, 7])
-def test_sampling_with_ddim_eta_1_is_ddpm_ancestral_sampling(steps):
-    """In all T steps, and respaced to fewer (experiment=ddpm_mnist samples so)."""
+@pytest.mark.parametrize("steps, atol", [(20, 1e-5), (7, 1e-4)])
+def test_sampling_with_ddim_eta_1_is_ddpm_ancestral_sampling(steps, atol):
+    """In all T steps, and respaced to fewer (experiment=ddpm_mnist samples so; the
+    respaced steps' larger betas leave a float32 round-off of about 2e-5)."""
     model = tiny_ddpm(timesteps=20)
     ddpm = model.sample(4, torch.Generator().manual_seed(1), sampler="ddpm", steps=steps)
     ddim = model.sample(4, torch.Generator().manual_seed(1), sampler="ddim", eta=1.0,
                         steps=steps)
-    torch.testing.assert_close(ddim, ddpm, atol=1e-4, rtol=0)
+    torch.testing.assert_close(ddim, ddpm, atol=atol, rtol=0)
     assert ddpm.min() >= -1 and ddpm.max() <= 1 and ddpm.shape == (4, 1, 8, 8)
 
 
